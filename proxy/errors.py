@@ -1,0 +1,96 @@
+"""The exceptions of bpoc-proxy.
+
+Every refusal the proxy makes is one of these, turned into a JSON response in one place (``app.py``)::
+
+    ProxyError                   base; carries the HTTP status and one readable sentence
+    ├── ClientError              the request itself is wrong
+    │   ├── BadRequest           400  body is not a JSON object, path cannot be normalised, ...
+    │   ├── PayloadTooLarge      413  body over PROXY_MAX_BODY_BYTES on a buffered route
+    │   ├── UnsupportedMediaType 415  not JSON, or an encoding we cannot decode, on a rule route
+    │   └── Unprocessable        422  a referenced recruiter is not an active recruiter of the agency
+    ├── AuthenticationError      401  no session, or a session that does not verify
+    ├── Forbidden                403  role missing, enforce mismatch, no recruiter ID, denied route
+    └── UpstreamError            a service behind the proxy failed
+        ├── BadGateway           502  BPOC unreachable or broke the connection
+        ├── ServiceUnavailable   503  the portal session service or BPOC directory is unreachable
+        └── GatewayTimeout       504  BPOC slower than PROXY_UPSTREAM_TIMEOUT
+
+ConfigError is separate: it stops start-up (or a rules reload) with one line naming the setting or the place in
+the rules file, and never becomes an HTTP response.
+"""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """A setting or the rules file is wrong; the message is one line an operator can act on."""
+
+
+class ProxyError(Exception):
+    status_code = 500
+    #: A short machine-readable code for clients and logs.
+    code = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class ClientError(ProxyError):
+    status_code = 400
+    code = "bad_request"
+
+
+class BadRequest(ClientError):
+    status_code = 400
+    code = "bad_request"
+
+
+class PayloadTooLarge(ClientError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ClientError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class Unprocessable(ClientError):
+    status_code = 422
+    code = "unprocessable"
+
+
+class AuthenticationError(ProxyError):
+    status_code = 401
+    code = "unauthenticated"
+
+    def __init__(self, message: str, *, error: str = "invalid_token") -> None:
+        # RFC 6750 section 3: tell the client which scheme and why.
+        super().__init__(message, headers={"WWW-Authenticate": f'Bearer realm="bpoc-proxy", error="{error}"'})
+
+
+class Forbidden(ProxyError):
+    status_code = 403
+    code = "forbidden"
+
+
+class UpstreamError(ProxyError):
+    status_code = 502
+    code = "bad_gateway"
+
+
+class BadGateway(UpstreamError):
+    status_code = 502
+    code = "bad_gateway"
+
+
+class ServiceUnavailable(UpstreamError):
+    status_code = 503
+    code = "service_unavailable"
+
+
+class GatewayTimeout(UpstreamError):
+    status_code = 504
+    code = "gateway_timeout"

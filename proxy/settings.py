@@ -1,0 +1,265 @@
+"""Settings: read once from the environment at start-up, validated, frozen.
+
+Tests pass a plain dict; nothing else in the package reads ``os.environ``. Every error names the setting, in one
+line, so an operator can fix a Deployment without reading a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+AuthMode = Literal["jwt_secret", "jwks", "introspection"]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    # BPOC and the agency key
+    bpoc_base_url: str = "https://bpoc.io"
+    api_key: str | None = field(default=None, repr=False)
+    api_key_file: Path | None = None
+
+    # The proxy itself
+    rules_path: Path = Path("rules.yaml")
+    rules_reload: bool = False
+    rules_reload_interval: float = 2.0
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = 1
+    upstream_timeout: float = 30.0
+    max_body_bytes: int = 1024 * 1024
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    log_level: str = "info"
+    access_log: bool = True
+
+    # The portal session
+    session_header: str = "Authorization"
+    session_cookie: str | None = None
+    auth_mode: AuthMode = "jwt_secret"
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwks_url: str | None = None
+    session_url: str | None = None
+    session_cache_ttl: float = 60.0
+    session_failure_ttl: float = 5.0
+    portal_timeout: float = 5.0
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway: float = 30.0
+    claim_user_id: str = "sub"
+    claim_email: str = "email"
+    claim_recruiter_id: str = "bpoc_recruiter_id"
+    claim_role: str = "role"
+    claim_first_name: str = "given_name"
+    claim_last_name: str = "family_name"
+
+    # The recruiter directory
+    recruiter_cache_ttl: float = 900.0
+    recruiter_negative_ttl: float = 60.0
+    recruiter_sync_interval: float = 300.0
+    recruiter_stale_ttl: float = 3600.0
+    recruiter_auto_provision: bool = False
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = _Env(os.environ if environ is None else environ)
+        api_key, api_key_file = _api_key(env)
+        jwt_secret = env.secret("PORTAL_JWT_SECRET")
+        jwks_url = env.url("PORTAL_JWKS_URL")
+        session_url = env.url("PORTAL_SESSION_URL")
+        return cls(
+            bpoc_base_url=_origin(env.text("BPOC_BASE_URL", "https://bpoc.io")),
+            api_key=api_key,
+            api_key_file=api_key_file,
+            rules_path=Path(env.text("PROXY_RULES", "rules.yaml")),
+            rules_reload=env.flag("PROXY_RULES_RELOAD", False),
+            rules_reload_interval=env.number("PROXY_RULES_RELOAD_INTERVAL", 2.0, minimum=0.1),
+            host=env.text("PROXY_HOST", "0.0.0.0"),
+            port=env.integer("PROXY_PORT", 8080, minimum=1, maximum=65535),
+            workers=env.integer("PROXY_WORKERS", 1, minimum=1, maximum=256),
+            upstream_timeout=env.number("PROXY_UPSTREAM_TIMEOUT", 30.0, minimum=0.001),
+            max_body_bytes=env.integer("PROXY_MAX_BODY_BYTES", 1024 * 1024, minimum=1),
+            trusted_proxies=_networks(env.text("PROXY_TRUSTED_PROXIES", "")),
+            log_level=env.choice("PROXY_LOG_LEVEL", "info", ("critical", "error", "warning", "info", "debug")),
+            access_log=env.flag("PROXY_ACCESS_LOG", True),
+            session_header=env.text("PORTAL_SESSION_HEADER", "Authorization"),
+            session_cookie=env.optional("PORTAL_SESSION_COOKIE"),
+            auth_mode=_auth_mode(jwt_secret, jwks_url, session_url),
+            jwt_secret=jwt_secret,
+            jwks_url=jwks_url,
+            session_url=session_url,
+            session_cache_ttl=env.number("PORTAL_SESSION_CACHE_TTL", 60.0, minimum=0),
+            session_failure_ttl=env.number("PORTAL_SESSION_FAILURE_TTL", 5.0, minimum=0),
+            portal_timeout=env.number("PORTAL_TIMEOUT", 5.0, minimum=0.001),
+            jwt_issuer=env.optional("PORTAL_JWT_ISSUER"),
+            jwt_audience=env.optional("PORTAL_JWT_AUDIENCE"),
+            jwt_leeway=env.number("PORTAL_JWT_LEEWAY", 30.0, minimum=0),
+            claim_user_id=env.text("PORTAL_CLAIM_USER_ID", "sub"),
+            claim_email=env.text("PORTAL_CLAIM_EMAIL", "email"),
+            claim_recruiter_id=env.text("PORTAL_CLAIM_RECRUITER_ID", "bpoc_recruiter_id"),
+            claim_role=env.text("PORTAL_CLAIM_ROLE", "role"),
+            claim_first_name=env.text("PORTAL_CLAIM_FIRST_NAME", "given_name"),
+            claim_last_name=env.text("PORTAL_CLAIM_LAST_NAME", "family_name"),
+            recruiter_cache_ttl=env.number("RECRUITER_CACHE_TTL", 900.0, minimum=0),
+            recruiter_negative_ttl=env.number("RECRUITER_NEGATIVE_TTL", 60.0, minimum=0),
+            recruiter_sync_interval=env.number("RECRUITER_SYNC_INTERVAL", 300.0, minimum=0),
+            recruiter_stale_ttl=env.number("RECRUITER_STALE_TTL", 3600.0, minimum=0),
+            recruiter_auto_provision=env.flag("RECRUITER_AUTO_PROVISION", False),
+        )
+
+
+class _Env:
+    """Typed reads of one environment mapping, each error naming its variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def optional(self, name: str) -> str | None:
+        value = self._environ.get(name, "").strip()
+        return value or None
+
+    def text(self, name: str, default: str) -> str:
+        return self.optional(name) or default
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and at most {maximum}" if maximum is not None else ""
+            raise ConfigError(f"{name} must be at least {minimum}{upper}, got {value}")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float) -> float:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+        if not value >= minimum or value == float("inf"):
+            raise ConfigError(f"{name} must be a finite number of at least {minimum:g}, got {raw!r}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self._environ.get(name)
+        if raw is None:
+            return default
+        lowered = raw.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.text(name, default).lower()
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def url(self, name: str) -> str | None:
+        value = self.optional(name)
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"{name} must be an http:// or https:// URL, got {value!r}")
+        return value
+
+    def secret(self, name: str) -> str | None:
+        """A secret given directly in NAME or as the content of the file named by NAME_FILE."""
+        direct, path = self.optional(name), self.optional(f"{name}_FILE")
+        if direct is not None and path is not None:
+            raise ConfigError(f"{name} and {name}_FILE are both set; set only one of them")
+        if path is None:
+            return direct
+        return read_secret_file(Path(path), f"{name}_FILE")
+
+
+def read_secret_file(path: Path, setting: str) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{setting} names {str(path)!r}, which cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{setting} names {str(path)!r}, which is not UTF-8 text") from None
+    if not value:
+        raise ConfigError(f"{setting} names {str(path)!r}, which is empty")
+    return value
+
+
+def _api_key(env: _Env) -> tuple[str | None, Path | None]:
+    direct, path = env.optional("BPOC_API_KEY"), env.optional("BPOC_API_KEY_FILE")
+    if direct is not None and path is not None:
+        raise ConfigError("BPOC_API_KEY and BPOC_API_KEY_FILE are both set; set only one of them")
+    if direct is None and path is None:
+        raise ConfigError("BPOC_API_KEY is missing and has no default; set BPOC_API_KEY or BPOC_API_KEY_FILE")
+    if path is not None:
+        read_secret_file(Path(path), "BPOC_API_KEY_FILE")  # fail at start-up, not on the first request
+        return None, Path(path)
+    if direct is not None and any(ch in direct for ch in "\r\n\0"):
+        raise ConfigError("BPOC_API_KEY contains a line break or NUL, which cannot go in an HTTP header")
+    return direct, None
+
+
+def _origin(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"BPOC_BASE_URL must be an http:// or https:// origin such as https://bpoc.io, got {value!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(
+            f"BPOC_BASE_URL must be an origin without a path (clients send the full /api/v1/... path), got {value!r}"
+        )
+    if parts.username or parts.password:
+        raise ConfigError("BPOC_BASE_URL must not carry a user name or password")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(f"BPOC_BASE_URL has an invalid port, got {value!r}") from None
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _networks(value: str) -> tuple[IPNetwork, ...]:
+    networks = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"PROXY_TRUSTED_PROXIES must be a comma-separated list of IP addresses or CIDR ranges, got {item!r}"
+            ) from None
+    return tuple(networks)
+
+
+def _auth_mode(jwt_secret: str | None, jwks_url: str | None, session_url: str | None) -> AuthMode:
+    given: list[tuple[str, AuthMode]] = [
+        (name, mode)
+        for name, mode, value in (
+            ("PORTAL_JWT_SECRET", "jwt_secret", jwt_secret),
+            ("PORTAL_JWKS_URL", "jwks", jwks_url),
+            ("PORTAL_SESSION_URL", "introspection", session_url),
+        )
+        if value is not None
+    ]
+    if len(given) != 1:
+        names = ", ".join(name for name, _ in given) if given else "none of them"
+        raise ConfigError(
+            "set exactly one of PORTAL_JWT_SECRET, PORTAL_JWKS_URL or PORTAL_SESSION_URL "
+            f"to choose how portal sessions are verified (set: {names})"
+        )
+    return given[0][1]
