@@ -29,6 +29,9 @@ class Settings:
     bpoc_base_url: str = "https://bpoc.io"
     api_key: str | None = field(default=None, repr=False)
     api_key_file: Path | None = None
+    # The standard variables for the connection to BPOC, resolved once for BPOC's host.
+    upstream_proxy: str | None = field(default=None, repr=False)
+    ssl_cert_file: Path | None = None
 
     # The proxy itself
     rules_path: Path = Path("rules.yaml")
@@ -77,10 +80,13 @@ class Settings:
         jwt_secret = env.secret("PORTAL_JWT_SECRET")
         jwks_url = env.url("PORTAL_JWKS_URL")
         session_url = env.url("PORTAL_SESSION_URL")
+        base_url = _origin(env.text("BPOC_BASE_URL", "https://bpoc.io"))
         return cls(
-            bpoc_base_url=_origin(env.text("BPOC_BASE_URL", "https://bpoc.io")),
+            bpoc_base_url=base_url,
             api_key=api_key,
             api_key_file=api_key_file,
+            upstream_proxy=_proxy_for(base_url, env),
+            ssl_cert_file=_ssl_cert_file(env),
             rules_path=Path(env.text("PROXY_RULES", "rules.yaml")),
             rules_reload=env.flag("PROXY_RULES_RELOAD", False),
             rules_reload_interval=env.number("PROXY_RULES_RELOAD_INTERVAL", 2.0, minimum=0.1),
@@ -232,6 +238,32 @@ def _origin(value: str) -> str:
     except ValueError:
         raise ConfigError(f"BPOC_BASE_URL has an invalid port, got {value!r}") from None
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def _proxy_for(base_url: str, env: _Env) -> str | None:
+    """HTTPS_PROXY / HTTP_PROXY for BPOC's scheme, unless NO_PROXY names its host (curl's conventions)."""
+    parts = urlsplit(base_url)
+    names = ("HTTPS_PROXY", "https_proxy") if parts.scheme == "https" else ("HTTP_PROXY", "http_proxy")
+    proxy = next((value for value in map(env.optional, names) if value), None)
+    if proxy is None:
+        return None
+    no_proxy = env.optional("NO_PROXY") or env.optional("no_proxy") or ""
+    host = (parts.hostname or "").lower()
+    for entry in filter(None, (item.strip().lower().lstrip(".") for item in no_proxy.split(","))):
+        if entry == "*" or host == entry or host.endswith("." + entry):
+            return None
+    if urlsplit(proxy).scheme not in ("http", "https"):
+        raise ConfigError(f"{names[0]} must be an http:// proxy URL")
+    return proxy
+
+
+def _ssl_cert_file(env: _Env) -> Path | None:
+    value = env.optional("SSL_CERT_FILE")
+    if value is None:
+        return None
+    if not Path(value).is_file():
+        raise ConfigError(f"SSL_CERT_FILE names {value!r}, which is not a readable file")
+    return Path(value)
 
 
 def _networks(value: str) -> tuple[IPNetwork, ...]:

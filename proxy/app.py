@@ -1,0 +1,140 @@
+"""The ASGI application: the proxy's own endpoints, the lifespan that owns clients and background tasks, and the
+pipeline for everything else.
+
+The proxy's own endpoints (``/healthz``, ``/readyz``, ``/metrics``) are served by a small Starlette router and are
+never forwarded; every other path goes to the pipeline untouched by Starlette's middleware, which is where the
+hot path's time budget goes (README, "Performance").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, Router
+
+from . import __version__
+from .auth import build_authenticator
+from .errors import ConfigError
+from .pipeline import Pipeline, Receive, Scope, Send
+from .recruiters import RecruiterDirectory
+from .reload import RulesHolder
+from .rules import RuleSet, load_rules
+from .settings import Settings
+from .upstream import ApiKey, Upstream
+
+log = logging.getLogger("proxy.app")
+
+OWN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+class ProxyApp:
+    def __init__(self, settings: Settings, rules: RuleSet) -> None:
+        self.settings = settings
+        self.rules = RulesHolder(settings.rules_path, rules)
+        self.api_key = ApiKey(settings)
+        self.http = httpx.AsyncClient(timeout=settings.portal_timeout, follow_redirects=False, trust_env=False)
+        self.upstream = Upstream(settings, self.api_key)
+        self.authenticator = build_authenticator(settings, self.http)
+        self.directory = RecruiterDirectory(settings, self.http, self.api_key.get)
+        self.pipeline = Pipeline(settings, self.rules.get, self.authenticator, self.directory, self.upstream)
+        self.ready = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._router = Router(routes=[Route("/healthz", self._healthz), Route("/readyz", self._readyz)])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if scope["path"] in OWN_PATHS:
+                await self._router(scope, receive, send)  # type: ignore[arg-type]
+            else:
+                await self.pipeline(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        # websocket: not proxied; returning without accepting closes it (403 to the client).
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # one line for the operator, not a traceback
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        await self.upstream.start()
+        await self.authenticator.start()
+        self._spawn(self._first_sync())
+        if self.settings.rules_reload:
+            self._spawn(self.rules.watch(self.settings.rules_reload_interval))
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            # Only the main thread may own signals (not so under the tests' threaded servers).
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
+        self.ready = True
+        log.info(
+            "bpoc-proxy ready",
+            extra={"fields": {"version": __version__, "upstream": self.settings.bpoc_base_url}},
+        )
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        await self.upstream.close()
+        await self.http.aclose()
+
+    def _on_sighup(self) -> None:
+        self.rules.reload(reason="SIGHUP")
+
+    def _spawn(self, coroutine: Any) -> None:
+        self._tasks.append(asyncio.create_task(coroutine))
+
+    async def _first_sync(self) -> None:
+        """Warm the directory so the first attributed requests do not wait, then keep it fresh."""
+        try:
+            await self.directory.refresh()
+        except Exception as exc:
+            log.warning("the first recruiter directory sync failed; retrying in the background: %s", exc)
+        await self.directory.run_sync()
+
+    async def _healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def _readyz(self, request: Request) -> Response:
+        rules = self.rules.current
+        body = {
+            "status": "ready" if self.ready else "starting",
+            "rules": len(rules.rules),
+            "routes": len(rules.routes),
+            "authMode": self.settings.auth_mode,
+        }
+        return JSONResponse(body, status_code=200 if self.ready else 503)
+
+
+def create_app(settings: Settings, rules: RuleSet | None = None) -> ProxyApp:
+    """Build the app; a bad rules file raises ConfigError here, before a socket is opened."""
+    return ProxyApp(settings, rules if rules is not None else load_rules(settings.rules_path))
+
+
+def from_environ() -> ProxyApp:
+    """The uvicorn factory used by ``bpoc-proxy serve`` (each worker process builds its own app)."""
+    try:
+        return create_app(Settings.from_environ())
+    except ConfigError as exc:
+        raise SystemExit(f"bpoc-proxy: {exc}") from None

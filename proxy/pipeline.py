@@ -1,0 +1,402 @@
+"""One request through the proxy, in order: normalise, authenticate, match, resolve, rewrite, forward, respond.
+
+This is a plain ASGI callable rather than a Starlette endpoint: the hot path is measured against a bare Starlette
+app (README, "Performance") and every layer it skips is throughput the proxy keeps. All refusals are ProxyErrors;
+they are turned into JSON in exactly one place, ``_send_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import simplejson
+
+from . import logs
+from .auth import Authenticator, Principal, extract_token
+from .errors import AuthenticationError, Forbidden, PayloadTooLarge, ProxyError
+from .paths import check_method_override, normalise_path
+from .recruiters import Identity, RecruiterDirectory
+from .rewrite import Caller, Plan, apply, check_query, decode_body, encode_body, plan
+from .rules import Match, Rule, RuleSet
+from .settings import Settings
+from .upstream import Client, Headers, Upstream, is_trusted, request_headers, response_headers
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("proxy.pipeline")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+# BPOC's answers that mean "the recruiter ID you sent is stale" (the guide's Troubleshooting section).
+_STALE_RECRUITER = ("Recruiter does not belong to your agency", "Invalid recruiter")
+_SMALL_BODY = 256 * 1024
+
+
+class ClientGone(Exception):
+    """The client closed its connection; there is nobody left to answer."""
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What the access log says about one request; filled in as the request moves along."""
+
+    request_id: str
+    method: str
+    path: str
+    started: float = field(default_factory=time.perf_counter)
+    status: int = 0
+    user_id: str | None = None
+    rule: str | None = None
+    response_started: bool = False
+    extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        rules: Callable[[], RuleSet],
+        authenticator: Authenticator,
+        directory: RecruiterDirectory,
+        upstream: Upstream,
+    ) -> None:
+        self._settings = settings
+        self._rules = rules
+        self._auth = authenticator
+        self._directory = directory
+        self._upstream = upstream
+        self._session_header = settings.session_header.lower().encode("latin-1")
+        self._drop = frozenset({settings.session_header.lower()})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = Exchange(_request_id(scope["headers"]), scope["method"], scope["path"])
+        try:
+            await self._handle(scope, receive, send, exchange)
+        except ProxyError as exc:
+            await _send_error(send, exchange, exc)
+        except ClientGone:
+            exchange.status = exchange.status or 499
+        except Exception:
+            log.exception("unexpected error", extra={"fields": {"requestId": exchange.request_id}})
+            await _send_error(send, exchange, ProxyError("The proxy failed unexpectedly; the error was logged."))
+        finally:
+            if self._settings.access_log:
+                _log_access(exchange)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
+        method: str = scope["method"]
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        path = normalise_path(scope.get("raw_path") or scope["path"].encode("utf-8"))
+        exchange.path = path
+        check_method_override(name.decode("latin-1").lower() for name, _ in headers)
+        rules = self._rules()
+
+        principal = None if rules.is_public(method, path) else await self._authenticate(headers)
+        exchange.user_id = principal.user_id if principal else None
+        match = rules.match(method, path)
+        if match is None and rules.unlisted == "deny":
+            raise Forbidden(f"{method} {path} is not a route this proxy allows (unlisted: deny).")
+
+        query: bytes = scope.get("query_string", b"")
+        target = f"{path}?{query.decode('latin-1')}" if query else path
+        outgoing = self._outgoing_headers(scope, exchange)
+        if match is not None and match.rule is not None:
+            exchange.rule = match.rule.template
+            await self._attributed(match.rule, principal, scope, receive, send, exchange, target, outgoing)
+            return
+        if match is not None and match.roles:
+            await self._require_role(match, principal, None)
+        await self._pass_through(method, target, outgoing, _has_body(headers), receive, send, exchange)
+
+    async def _authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal:
+        header_value = cookie = None
+        for name, value in headers:
+            if name == self._session_header:
+                header_value = value.decode("latin-1")
+            elif name == b"cookie":
+                cookie = value.decode("latin-1") if cookie is None else f"{cookie}; {value.decode('latin-1')}"
+        token = extract_token(self._settings, header_value, cookie)
+        if token is None:
+            raise AuthenticationError(
+                f"This request carries no portal session; send it in the {self._settings.session_header} header.",
+                error="invalid_request",
+            )
+        return await self._auth.authenticate(token)
+
+    async def _require_role(self, match: Match, principal: Principal | None, identity: Identity | None) -> None:
+        if principal is None:
+            raise AuthenticationError("This route requires a portal session.", error="invalid_request")
+        role = identity.role if identity is not None else await self._directory.role_of(principal)
+        if role not in match.roles:
+            allowed = ", ".join(sorted(match.roles))
+            raise Forbidden(f"This route requires one of the roles {allowed}; your role is {role or 'not set'}.")
+
+    def _outgoing_headers(self, scope: Scope, exchange: Exchange) -> Headers:
+        client_host = scope["client"][0] if scope.get("client") else None
+        server_host = next((v.decode("latin-1") for n, v in scope["headers"] if n == b"host"), None)
+        return request_headers(
+            scope["headers"],
+            client=Client(client_host, scope.get("scheme", "http"), server_host),
+            trusted=is_trusted(client_host, self._settings.trusted_proxies),
+            drop=self._drop,
+            session_cookie=self._settings.session_cookie,
+            request_id=exchange.request_id,
+        )
+
+    async def _attributed(
+        self,
+        rule: Rule,
+        principal: Principal | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        exchange: Exchange,
+        target: str,
+        outgoing: Headers,
+    ) -> None:
+        if principal is None:
+            raise AuthenticationError("This route is attributed and requires a portal session.")
+        raw = await _read_body(receive, self._settings.max_body_bytes)
+        check_query(rule, scope.get("query_string", b""))
+        content_type = _header(outgoing, "content-type")
+        content_encoding = _header(outgoing, "content-encoding")
+        body = decode_body(raw, content_type, content_encoding, self._settings.max_body_bytes)
+        identity = await self._directory.resolve(principal) if rule.needs_recruiter else None
+        if rule.roles:
+            await self._require_role(Match(rule=rule, route=None, params={}), principal, identity)
+
+        rewritten = [(n, v) for n, v in outgoing if n not in ("content-encoding", "content-type")]
+        rewritten.append(("content-type", content_type or "application/json"))
+        attribution_id = uuid.uuid4().hex
+        exchange.extra_headers.append((b"x-attribution-id", attribution_id.encode()))
+
+        async def attempt(body: dict[str, Any], recruiter_id: str | None) -> aiohttp.ClientResponse:
+            caller = Caller(recruiter_id, principal.user_id, principal.email)
+            active = await self._directory.active_ids() if rule.has_reference else frozenset[str]()
+            decided = plan(rule, body, caller, active)
+            _audit(exchange, attribution_id, rule, principal, recruiter_id, decided, report_only=rule.report_only)
+            if rule.report_only:  # the one deliberate exception to failing closed: forward as sent
+                return await self._upstream.send(scope["method"], target, list(outgoing), raw)
+            if decided.refusal is not None:
+                raise decided.refusal
+            sent = encode_body(apply(body, decided))
+            return await self._upstream.send(scope["method"], target, list(rewritten), sent)
+
+        response = await attempt(body, identity.recruiter_id if identity else None)
+        if identity is None or rule.report_only or not 400 <= response.status < 500:
+            await self._respond(response, receive, send, exchange)
+            return
+        # BPOC may know this recruiter under a new ID (re-created): re-sync once and replay (issue 3).
+        answer = await self._upstream.read(response)
+        response.release()
+        new_id = None
+        if any(marker.encode() in answer for marker in _STALE_RECRUITER):
+            new_id = await self._directory.resync(principal, identity.recruiter_id)
+        if new_id is None:
+            await _send_whole(send, exchange, response.status, response_headers(response.raw_headers), answer)
+            return
+        log.warning(
+            "BPOC refused a stale recruiter ID; replaying once with the re-synced ID",
+            extra={"fields": {"requestId": exchange.request_id, "userId": principal.user_id}},
+        )
+        fresh = decode_body(raw, content_type, content_encoding, self._settings.max_body_bytes)
+        await self._respond(await attempt(fresh, new_id), receive, send, exchange)
+
+    async def _pass_through(
+        self,
+        method: str,
+        target: str,
+        outgoing: Headers,
+        has_body: bool,
+        receive: Receive,
+        send: Send,
+        exchange: Exchange,
+    ) -> None:
+        if has_body:
+            length = _header(outgoing, "content-length")
+            if length is not None:
+                outgoing.append(("content-length", length))  # keep a streamed upload un-chunked
+        body = _stream_request(receive) if has_body else None
+        response = await self._upstream.send(method, target, outgoing, body)
+        await self._respond(response, receive, send, exchange)
+
+    async def _respond(self, response: aiohttp.ClientResponse, receive: Receive, send: Send, exchange: Exchange) -> None:
+        """Send BPOC's answer on: small bodies in one message, large or unknown ones streamed."""
+        headers = response_headers(response.raw_headers)
+        length = response.content_length
+        try:
+            if length is not None and length <= _SMALL_BODY:
+                body = await self._upstream.read(response)
+                await _send_whole(send, exchange, response.status, headers, body)
+            else:
+                await self._stream_response(response, headers, receive, send, exchange)
+        except BaseException:
+            response.close()  # an unfinished body: the connection cannot go back to the pool
+            raise
+        response.release()
+
+    async def _stream_response(
+        self,
+        response: aiohttp.ClientResponse,
+        headers: list[tuple[bytes, bytes]],
+        receive: Receive,
+        send: Send,
+        exchange: Exchange,
+    ) -> None:
+        await _start(send, exchange, response.status, headers)
+        # Stop pulling from BPOC as soon as the client hangs up, or a big download leaks a connection.
+        gone = asyncio.ensure_future(_wait_for_disconnect(receive))
+        try:
+            async for chunk in self._upstream.stream(response):
+                if gone.done():
+                    raise ClientGone()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            gone.cancel()
+
+
+def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _REQUEST_ID.fullmatch(candidate):
+                return candidate
+    return uuid.uuid4().hex
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"content-length":
+            return value.strip() not in (b"0", b"")
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
+def _header(headers: Headers, name: str) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in _stream_request(receive):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is larger than PROXY_MAX_BODY_BYTES ({limit} bytes).")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _stream_request(receive: Receive) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _start(send: Send, exchange: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    headers.append((b"x-request-id", exchange.request_id.encode("latin-1")))
+    headers.extend(exchange.extra_headers)
+    exchange.status = status
+    exchange.response_started = True
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+
+
+async def _send_whole(
+    send: Send, exchange: Exchange, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+) -> None:
+    await _start(send, exchange, status, headers)
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _send_error(send: Send, exchange: Exchange, exc: ProxyError) -> None:
+    if exchange.response_started:
+        # Too late for a clean answer: the status line went out. Dropping the connection tells the client.
+        log.warning(
+            "response broken off after it started: %s",
+            exc.message,
+            extra={"fields": {"requestId": exchange.request_id}},
+        )
+        return
+    payload = {"error": exc.message, "code": exc.code, "status": exc.status_code, "requestId": exchange.request_id}
+    body = simplejson.dumps(payload, ensure_ascii=False).encode("utf-8")
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    headers.extend((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in exc.headers.items())
+    exchange.extra_headers = [h for h in exchange.extra_headers if h[0] != b"x-attribution-id"]
+    await _send_whole(send, exchange, exc.status_code, headers, body)
+
+
+def _audit(
+    exchange: Exchange,
+    attribution_id: str,
+    rule: Rule,
+    principal: Principal,
+    recruiter_id: str | None,
+    decided: Plan,
+    *,
+    report_only: bool,
+) -> None:
+    fields = {
+        "attributionId": attribution_id,
+        "requestId": exchange.request_id,
+        "rule": f"{rule.method} {rule.template}",
+        "userId": principal.user_id,
+        "recruiterId": recruiter_id,
+        "writes": {write.field: write.value for write in decided.writes},
+        "reportOnly": report_only,
+    }
+    if decided.refusal is not None:
+        fields["wouldRefuse"] = decided.refusal.message
+    message = "report-only: would attribute" if report_only else "attributed"
+    logs.audit.info(message, extra={"fields": fields})
+
+
+def _log_access(exchange: Exchange) -> None:
+    if not logs.access.isEnabledFor(logging.INFO):
+        return
+    elapsed_ms = round((time.perf_counter() - exchange.started) * 1000, 2)
+    logs.access.info(
+        "%s %s %s",
+        exchange.method,
+        exchange.path,
+        exchange.status,
+        extra={
+            "fields": {
+                "requestId": exchange.request_id,
+                "status": exchange.status,
+                "durationMs": elapsed_ms,
+                "userId": exchange.user_id,
+                "rule": exchange.rule,
+            }
+        },
+    )
+

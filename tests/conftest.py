@@ -1,0 +1,146 @@
+"""Fixtures: the BPOC sandbox and the proxy, each on uvicorn on a free 127.0.0.1 port, over real sockets.
+
+The proxy runs in a thread for most tests (fast), and as a real ``bpoc-proxy serve`` process where a test needs
+to see the process from outside (memory, signals, start-up errors).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from proxy.app import create_app
+from proxy.sandbox.bpoc import create_bpoc_app
+from proxy.sandbox.seed import BpocState
+from proxy.sandbox.server import bind_socket, serve_in_thread
+from proxy.sandbox.tokens import mint_hs
+from proxy.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+API_KEY = "test-agency-key-7f3d9c2e"
+JWT_SECRET = "test-portal-secret-0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+def bpoc_state() -> BpocState:
+    return BpocState.seeded(API_KEY)
+
+
+@pytest.fixture
+def bpoc_url(bpoc_state: BpocState) -> Iterator[str]:
+    with serve_in_thread(create_bpoc_app(bpoc_state)) as url:
+        yield url
+
+
+def base_env(bpoc_url: str, **overrides: str) -> dict[str, str]:
+    env = {
+        "BPOC_BASE_URL": bpoc_url,
+        "BPOC_API_KEY": API_KEY,
+        "PORTAL_JWT_SECRET": JWT_SECRET,
+        "PROXY_RULES": str(ROOT / "rules.yaml"),
+        "RECRUITER_SYNC_INTERVAL": "0",
+        "PROXY_UPSTREAM_TIMEOUT": "5",
+    }
+    env.update(overrides)
+    return env
+
+
+ProxyFactory = Callable[..., str]
+
+
+@pytest.fixture
+def start_proxy(bpoc_url: str) -> Iterator[ProxyFactory]:
+    """Start a proxy in front of the sandbox; keyword arguments are environment overrides."""
+    with ExitStack() as stack:
+
+        def start(env: Mapping[str, str] | None = None, **overrides: str) -> str:
+            settings = Settings.from_environ(dict(env) if env is not None else base_env(bpoc_url, **overrides))
+            app = create_app(settings)
+            return stack.enter_context(
+                serve_in_thread(app, proxy_headers=False, server_header=False, date_header=False, access_log=False)
+            )
+
+        yield start
+
+
+@pytest.fixture
+def proxy_url(start_proxy: ProxyFactory) -> str:
+    return start_proxy()
+
+
+def token_for(email: str = "bob@agency.example", *, sub: str | None = None, **claims: object) -> str:
+    return mint_hs(JWT_SECRET, sub=sub or email.split("@")[0], email=email, **claims)  # type: ignore[arg-type]
+
+
+def auth(email: str = "bob@agency.example", **claims: object) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token_for(email, **claims)}"}
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=30, trust_env=False) as c:
+        yield c
+
+
+@dataclass
+class ProxyProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def spawn_proxy(env: Mapping[str, str], tmp_path: Path) -> ProxyProcess:
+    """Run ``python -m proxy serve`` as a real process and wait until it answers /healthz."""
+    sock = bind_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("BPOC_", "PROXY_", "PORTAL_", "RECRUITER_"))}
+    full_env.update(env)
+    full_env.update({"PROXY_HOST": "127.0.0.1", "PROXY_PORT": str(port)})
+    log_path = tmp_path / f"proxy-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve"], env=full_env, stdout=log, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the proxy exited: {log_path.read_text()}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return ProxyProcess(url, process, log_path)
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("the proxy did not start in time")
+
+
+@pytest.fixture
+def proxy_process(bpoc_url: str, tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
+    started: list[ProxyProcess] = []
+
+    def start(**overrides: str) -> ProxyProcess:
+        started.append(spawn_proxy(base_env(bpoc_url, **overrides), tmp_path))
+        return started[-1]
+
+    yield start
+    for proxy in started:
+        proxy.process.terminate()
+        try:
+            proxy.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proxy.process.kill()
+            proxy.process.wait()

@@ -1,0 +1,254 @@
+"""Pass-through forwarding against the sandbox over real sockets: methods, queries, headers, errors."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from proxy.sandbox.seed import BpocState
+
+from .conftest import API_KEY, ROOT, auth, base_env, token_for
+
+ECHO = "/_sandbox/echo/thing"
+
+
+def echoed_headers(response: httpx.Response) -> dict[str, list[str]]:
+    seen: dict[str, list[str]] = {}
+    for name, value in response.json()["headers"]:
+        seen.setdefault(name.lower(), []).append(value)
+    return seen
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+def test_method_is_forwarded(proxy_url: str, client: httpx.Client, method: str) -> None:
+    """Each method reaches BPOC as itself, with the same path."""
+    response = client.request(method, proxy_url + ECHO, headers=auth(), content=b"x" if method != "GET" else None)
+    assert response.status_code == 200
+    assert response.json()["method"] == method
+    assert response.json()["path"] == ECHO
+
+
+def test_head_is_forwarded_without_body(proxy_url: str, client: httpx.Client, bpoc_state: BpocState) -> None:
+    """HEAD reaches BPOC as HEAD and the client gets headers only."""
+    response = client.head(proxy_url + ECHO, headers=auth())
+    assert response.status_code == 200
+    assert response.content == b""
+    assert bpoc_state.requests[-1].method == "HEAD"
+
+
+def test_query_string_passes_byte_for_byte(proxy_url: str, client: httpx.Client) -> None:
+    """Repeated and percent-encoded query keys reach BPOC exactly as sent."""
+    query = "a=1&a=2&b=%20x%2By&c%5B%5D=%E2%9C%93&empty=&flag"
+    response = client.get(f"{proxy_url}{ECHO}?{query}", headers=auth())
+    assert response.json()["query_string"] == query
+
+
+def test_agency_key_replaces_the_client_key(proxy_url: str, client: httpx.Client, bpoc_state: BpocState) -> None:
+    """A client-sent X-API-Key is dropped; BPOC gets the agency key exactly once."""
+    response = client.get(proxy_url + ECHO, headers={**auth(), "X-API-Key": "client-forged-key"})
+    assert response.status_code == 200
+    assert bpoc_state.requests[-1].header_values("x-api-key") == [API_KEY]
+    assert API_KEY not in response.text
+    assert "client-forged-key" not in json.dumps(response.json()["headers"])
+
+
+def test_session_header_and_cookie_are_not_forwarded(
+    start_proxy, bpoc_url: str, client: httpx.Client, bpoc_state: BpocState
+) -> None:
+    """The portal session (header or cookie) stays with the proxy; other cookies pass."""
+    url = start_proxy(base_env(bpoc_url, PORTAL_SESSION_COOKIE="portal_session"))
+    token = token_for()
+    response = client.get(url + ECHO, headers={"Cookie": f"theme=dark; portal_session={token}; lang=en"})
+    assert response.status_code == 200
+    received = bpoc_state.requests[-1]
+    assert received.header("cookie") == "theme=dark; lang=en"
+    response = client.get(url + ECHO, headers=auth())
+    assert bpoc_state.requests[-1].header("authorization") is None
+
+
+def test_hop_by_hop_request_headers_are_stripped(proxy_url: str, client: httpx.Client, bpoc_state: BpocState) -> None:
+    """Connection, Keep-Alive, TE, Upgrade, Proxy-* and headers named in Connection never reach BPOC."""
+    headers = {
+        **auth(),
+        "Connection": "keep-alive, X-Hop",
+        "X-Hop": "secret-hop",
+        "Keep-Alive": "timeout=5",
+        "TE": "trailers",
+        "Upgrade": "websocket",
+        "Proxy-Authorization": "Basic Zm9vOmJhcg==",
+        "X-End-To-End": "kept",
+    }
+    client.get(proxy_url + ECHO, headers=headers)
+    received = bpoc_state.requests[-1]
+    for name in ("x-hop", "keep-alive", "te", "upgrade", "proxy-authorization"):
+        assert received.header(name) is None, name
+    assert received.header("x-end-to-end") == "kept"
+    assert received.header("host") == bpoc_state_host(received)
+
+
+def bpoc_state_host(received) -> str:
+    value = received.header("host")
+    assert value is not None and value.startswith("127.0.0.1:")
+    return value
+
+
+def test_hop_by_hop_response_headers_are_stripped(proxy_url: str, client: httpx.Client) -> None:
+    """Hop-by-hop headers that BPOC sends do not reach the client; end-to-end ones do."""
+    response = client.get(proxy_url + "/_sandbox/hop", headers=auth())
+    assert response.status_code == 200
+    assert "keep-alive" not in response.headers
+    assert "proxy-authenticate" not in response.headers
+    assert "x-private" not in response.headers
+
+
+def test_forwarded_for_is_set_and_untrusted_values_replaced(
+    proxy_url: str, client: httpx.Client, bpoc_state: BpocState
+) -> None:
+    """An untrusted client cannot forge X-Forwarded-For or Forwarded."""
+    client.get(
+        proxy_url + ECHO,
+        headers={**auth(), "X-Forwarded-For": "6.6.6.6", "Forwarded": "for=6.6.6.6", "X-Forwarded-Host": "evil"},
+    )
+    received = bpoc_state.requests[-1]
+    assert received.header_values("x-forwarded-for") == ["127.0.0.1"]
+    assert received.header("forwarded") is None
+    assert received.header("x-forwarded-proto") == "http"
+    assert received.header("x-forwarded-host") == proxy_host(proxy_url)
+
+
+def proxy_host(url: str) -> str:
+    return url.removeprefix("http://")
+
+
+def test_forwarded_for_is_appended_for_trusted_proxies(
+    start_proxy, bpoc_url: str, client: httpx.Client, bpoc_state: BpocState
+) -> None:
+    """From an address in PROXY_TRUSTED_PROXIES, the chain is kept and the peer appended."""
+    url = start_proxy(base_env(bpoc_url, PROXY_TRUSTED_PROXIES="127.0.0.0/8"))
+    client.get(url + ECHO, headers={**auth(), "X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"})
+    received = bpoc_state.requests[-1]
+    assert received.header("x-forwarded-for") == "203.0.113.7, 127.0.0.1"
+    assert received.header("x-forwarded-proto") == "https"
+
+
+def test_429_and_retry_after_pass_through_without_retry(
+    proxy_url: str, client: httpx.Client, bpoc_state: BpocState
+) -> None:
+    """BPOC's 429 reaches the client unchanged, and the proxy does not retry it."""
+    bpoc_state.reset_requests()
+    response = client.get(proxy_url + "/_sandbox/status/429?retry_after=17", headers=auth())
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "17"
+    assert len(bpoc_state.requests_to("/_sandbox/status")) == 1
+
+
+def test_redirects_are_passed_back_not_followed(proxy_url: str, client: httpx.Client) -> None:
+    """A 302 from BPOC goes back to the client with its Location."""
+    response = client.get(proxy_url + "/_sandbox/redirect", headers=auth())
+    assert response.status_code == 302
+    assert response.headers["location"].endswith("/_sandbox/echo/redirected")
+
+
+def test_encoded_response_passes_as_raw_bytes(proxy_url: str, client: httpx.Client) -> None:
+    """A gzip body reaches the client still gzip-encoded, with its Content-Encoding."""
+    with client.stream(
+        "GET", proxy_url + "/_sandbox/download?gzip=1", headers={**auth(), "Accept-Encoding": "gzip"}
+    ) as response:
+        raw = b"".join(response.iter_raw())
+    assert response.headers["content-encoding"] == "gzip"
+    assert int(response.headers["content-length"]) == len(raw)
+    json.loads(gzip.decompress(raw))
+
+
+def test_request_id_is_returned_and_forwarded(proxy_url: str, client: httpx.Client, bpoc_state: BpocState) -> None:
+    """A sane client X-Request-Id is kept end to end; otherwise the proxy makes one."""
+    response = client.get(proxy_url + ECHO, headers={**auth(), "X-Request-Id": "req-123"})
+    assert response.headers["x-request-id"] == "req-123"
+    assert bpoc_state.requests[-1].header("x-request-id") == "req-123"
+    response = client.get(proxy_url + ECHO, headers={**auth(), "X-Request-Id": "bad id\twith tab"})
+    assert response.headers["x-request-id"] != "bad id\twith tab"
+    assert len(response.headers["x-request-id"]) == 32
+
+
+def test_upstream_down_gives_502(start_proxy, bpoc_url: str, client: httpx.Client) -> None:
+    """BPOC unreachable: 502, JSON, one sentence, the request id, nothing secret."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    url = start_proxy(base_env(f"http://127.0.0.1:{closed_port}"))
+    response = client.get(url + ECHO, headers=auth())
+    assert response.status_code == 502
+    body = response.json()
+    assert body["status"] == 502
+    assert body["requestId"] == response.headers["x-request-id"]
+    assert body["error"].startswith("BPOC could not be reached")
+    assert API_KEY not in response.text
+
+
+def test_upstream_stall_gives_504(start_proxy, bpoc_url: str, client: httpx.Client) -> None:
+    """BPOC slower than PROXY_UPSTREAM_TIMEOUT: 504 within about that time."""
+    url = start_proxy(base_env(bpoc_url, PROXY_UPSTREAM_TIMEOUT="0.5"))
+    response = client.get(url + "/_sandbox/slow?seconds=5", headers=auth())
+    assert response.status_code == 504
+    assert "PROXY_UPSTREAM_TIMEOUT" in response.json()["error"]
+    assert response.elapsed.total_seconds() < 4
+
+
+def test_oversized_body_on_a_rule_route_gives_413(
+    start_proxy, bpoc_url: str, client: httpx.Client, bpoc_state: BpocState
+) -> None:
+    """A body over PROXY_MAX_BODY_BYTES on a buffered route is refused and never forwarded."""
+    url = start_proxy(base_env(bpoc_url, PROXY_MAX_BODY_BYTES="1000"))
+    bpoc_state.reset_requests()
+    body = json.dumps({"title": "x" * 2000})
+    response = client.post(
+        url + "/api/v1/jobs/create", headers={**auth(), "Content-Type": "application/json"}, content=body
+    )
+    assert response.status_code == 413
+    assert "PROXY_MAX_BODY_BYTES" in response.json()["error"]
+    assert bpoc_state.requests_to("/api/v1/jobs") == []
+
+
+def test_large_pass_through_body_is_not_limited(
+    start_proxy, bpoc_url: str, client: httpx.Client
+) -> None:
+    """PROXY_MAX_BODY_BYTES applies to buffered routes only; streamed uploads pass."""
+    url = start_proxy(base_env(bpoc_url, PROXY_MAX_BODY_BYTES="1000"))
+    response = client.post(url + "/_sandbox/upload", headers=auth(), content=b"z" * 100_000)
+    assert response.status_code == 200
+    assert response.json()["size"] == 100_000
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param({"BPOC_API_KEY": ""}, "BPOC_API_KEY is missing", id="missing-key"),
+        pytest.param({"BPOC_API_KEY_FILE": "/nonexistent/key"}, "BPOC_API_KEY and BPOC_API_KEY_FILE", id="both-keys"),
+        pytest.param({"BPOC_BASE_URL": "https://bpoc.io/api/v1"}, "BPOC_BASE_URL must be an origin", id="url-path"),
+        pytest.param({"BPOC_BASE_URL": "bpoc.io"}, "BPOC_BASE_URL must be an http", id="url-scheme"),
+        pytest.param({"PROXY_PORT": "eighty"}, "PROXY_PORT must be a whole number", id="port"),
+        pytest.param({"PROXY_UPSTREAM_TIMEOUT": "-1"}, "PROXY_UPSTREAM_TIMEOUT must be", id="timeout"),
+        pytest.param({"PROXY_MAX_BODY_BYTES": "lots"}, "PROXY_MAX_BODY_BYTES must be", id="max-body"),
+        pytest.param({"PROXY_TRUSTED_PROXIES": "10.0.0.0/33"}, "PROXY_TRUSTED_PROXIES", id="trusted"),
+        pytest.param({"PROXY_RULES": "/nonexistent/rules.yaml"}, "/nonexistent/rules.yaml", id="rules-missing"),
+        pytest.param({"PORTAL_JWKS_URL": "http://127.0.0.1:9/jwks"}, "set exactly one of", id="two-auth-modes"),
+    ],
+)
+def test_bad_settings_stop_start_up_with_one_line(env: dict[str, str], expected: str) -> None:
+    """`bpoc-proxy serve` with a bad setting exits non-zero with one line naming it, no traceback."""
+    full = {"PATH": "/usr/bin:/bin", **base_env("http://127.0.0.1:9"), **env}
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve"], env=full, capture_output=True, text=True, timeout=30, cwd=ROOT
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert API_KEY not in result.stderr
