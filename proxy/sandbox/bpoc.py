@@ -423,7 +423,8 @@ class _Aids:
                 "path": recorded.path,
                 "raw_path": recorded.raw_path.decode("latin-1"),
                 "query_string": recorded.query_string,
-                "headers": recorded.headers,
+                # The echo is a response: like every response through the proxy, it never shows the agency key.
+                "headers": [(n, "<redacted>" if n == "x-api-key" else v) for n, v in recorded.headers],
                 "body_size": len(body),
                 "body_sha256": hashlib.sha256(body).hexdigest(),
             }
