@@ -39,7 +39,9 @@ class ProxyApp:
         self.settings = settings
         self.rules = RulesHolder(settings.rules_path, rules)
         self.api_key = ApiKey(settings)
-        self.http = httpx.AsyncClient(timeout=settings.portal_timeout, follow_redirects=False, trust_env=False)
+        self.http = httpx.AsyncClient(
+            timeout=settings.portal_timeout, follow_redirects=False, trust_env=False
+        )
         self.upstream = Upstream(settings, self.api_key)
         self.authenticator = build_authenticator(settings, self.http)
         self.directory = RecruiterDirectory(settings, self.http, self.api_key.get)
@@ -52,7 +54,7 @@ class ProxyApp:
         kind = scope["type"]
         if kind == "http":
             if scope["path"] in OWN_PATHS:
-                await self._router(scope, receive, send)  # type: ignore[arg-type]
+                await self._router(scope, receive, send)
             else:
                 await self.pipeline(scope, receive, send)
         elif kind == "lifespan":

@@ -33,17 +33,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bpoc-proxy", description="Attribution-injecting reverse proxy for BPOC.")
+    parser = argparse.ArgumentParser(
+        prog="bpoc-proxy", description="Attribution-injecting reverse proxy for BPOC."
+    )
     parser.add_argument("--version", action="version", version=f"bpoc-proxy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the proxy (settings from the environment)")
     serve.set_defaults(run=_serve)
 
-    check = commands.add_parser("check", help="validate the settings and the rules file, and print what was loaded")
+    check = commands.add_parser(
+        "check", help="validate the settings and the rules file, and print what was loaded"
+    )
     check.set_defaults(run=_check)
 
-    explain = commands.add_parser("explain", help="show what the proxy would do with a request, sending nothing")
+    explain = commands.add_parser(
+        "explain", help="show what the proxy would do with a request, sending nothing"
+    )
     explain.add_argument("method", help="HTTP method, such as POST")
     explain.add_argument("path", help="request path, such as /api/v1/jobs/create")
     explain.add_argument("--email", help="the caller's email (portal session)")
@@ -53,12 +59,16 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--rules", type=Path, help="rules file (default: PROXY_RULES or rules.yaml)")
     explain.set_defaults(run=_explain)
 
-    recruiters = commands.add_parser("recruiters", help="print the BPOC recruiter directory as the proxy sees it")
+    recruiters = commands.add_parser(
+        "recruiters", help="print the BPOC recruiter directory as the proxy sees it"
+    )
     recruiters.set_defaults(run=_recruiters)
 
     demo = commands.add_parser("demo", help="run the proxy in front of a built-in BPOC sandbox")
     demo.add_argument("--port", type=int, default=8080, help="port for the proxy (default 8080)")
-    demo.add_argument("--self-test", action="store_true", help="run the printed commands' requests, then exit")
+    demo.add_argument(
+        "--self-test", action="store_true", help="run the printed commands' requests, then exit"
+    )
     demo.set_defaults(run=_demo)
     return parser
 
@@ -98,7 +108,9 @@ def _check(args: argparse.Namespace) -> int:
     key = f"from file {settings.api_key_file}" if settings.api_key_file else "set (BPOC_API_KEY)"
     print(f"settings: OK  (BPOC {settings.bpoc_base_url}, listen {settings.host}:{settings.port})")
     print(f"  agency key: {key}")
-    print(f"  sessions: {settings.auth_mode}, header {settings.session_header}, cookie {settings.session_cookie}")
+    print(
+        f"  sessions: {settings.auth_mode}, header {settings.session_header}, cookie {settings.session_cookie}"
+    )
     print(f"rules: OK  ({settings.rules_path}: {len(rules.rules)} rules, {len(rules.routes)} routes)")
     for line in rules.describe():
         print(f"  {line}")
@@ -132,7 +144,9 @@ def _explain(args: argparse.Namespace) -> int:
         return 0
     roles = ", ".join(sorted(match.roles)) or "any"
     if match.rule is None:
-        print(f"  route (line {match.route.line if match.route else '?'}): forwarded unchanged; roles: {roles}")
+        print(
+            f"  route (line {match.route.line if match.route else '?'}): forwarded unchanged; roles: {roles}"
+        )
         return 0
     rule = match.rule
     print(f"  rule: {rules.path}:{rule.line}  {rule.method} {rule.template}")
@@ -193,4 +207,3 @@ def _demo(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
-

@@ -88,7 +88,9 @@ class Pipeline:
             exchange.status = exchange.status or 499
         except Exception:
             log.exception("unexpected error", extra={"fields": {"requestId": exchange.request_id}})
-            await _send_error(send, exchange, ProxyError("The proxy failed unexpectedly; the error was logged."))
+            await _send_error(
+                send, exchange, ProxyError("The proxy failed unexpectedly; the error was logged.")
+            )
         finally:
             if self._settings.access_log:
                 _log_access(exchange)
@@ -133,13 +135,17 @@ class Pipeline:
             )
         return await self._auth.authenticate(token)
 
-    async def _require_role(self, match: Match, principal: Principal | None, identity: Identity | None) -> None:
+    async def _require_role(
+        self, match: Match, principal: Principal | None, identity: Identity | None
+    ) -> None:
         if principal is None:
             raise AuthenticationError("This route requires a portal session.", error="invalid_request")
         role = identity.role if identity is not None else await self._directory.role_of(principal)
         if role not in match.roles:
             allowed = ", ".join(sorted(match.roles))
-            raise Forbidden(f"This route requires one of the roles {allowed}; your role is {role or 'not set'}.")
+            raise Forbidden(
+                f"This route requires one of the roles {allowed}; your role is {role or 'not set'}."
+            )
 
     def _outgoing_headers(self, scope: Scope, exchange: Exchange) -> Headers:
         client_host = scope["client"][0] if scope.get("client") else None
@@ -184,7 +190,9 @@ class Pipeline:
             caller = Caller(recruiter_id, principal.user_id, principal.email)
             active = await self._directory.active_ids() if rule.has_reference else frozenset[str]()
             decided = plan(rule, body, caller, active)
-            _audit(exchange, attribution_id, rule, principal, recruiter_id, decided, report_only=rule.report_only)
+            _audit(
+                exchange, attribution_id, rule, principal, recruiter_id, decided, report_only=rule.report_only
+            )
             if rule.report_only:  # the one deliberate exception to failing closed: forward as sent
                 return await self._upstream.send(scope["method"], target, list(outgoing), raw)
             if decided.refusal is not None:
@@ -230,7 +238,9 @@ class Pipeline:
         response = await self._upstream.send(method, target, outgoing, body)
         await self._respond(response, receive, send, exchange)
 
-    async def _respond(self, response: aiohttp.ClientResponse, receive: Receive, send: Send, exchange: Exchange) -> None:
+    async def _respond(
+        self, response: aiohttp.ClientResponse, receive: Receive, send: Send, exchange: Exchange
+    ) -> None:
         """Send BPOC's answer on: small bodies in one message, large or unknown ones streamed."""
         headers = response_headers(response.raw_headers)
         length = response.content_length
@@ -343,14 +353,21 @@ async def _send_error(send: Send, exchange: Exchange, exc: ProxyError) -> None:
             extra={"fields": {"requestId": exchange.request_id}},
         )
         return
-    payload = {"error": exc.message, "code": exc.code, "status": exc.status_code, "requestId": exchange.request_id}
+    payload = {
+        "error": exc.message,
+        "code": exc.code,
+        "status": exc.status_code,
+        "requestId": exchange.request_id,
+    }
     body = simplejson.dumps(payload, ensure_ascii=False).encode("utf-8")
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         (b"cache-control", b"no-store"),
     ]
-    headers.extend((name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in exc.headers.items())
+    headers.extend(
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in exc.headers.items()
+    )
     exchange.extra_headers = [h for h in exchange.extra_headers if h[0] != b"x-attribution-id"]
     await _send_whole(send, exchange, exc.status_code, headers, body)
 
@@ -399,4 +416,3 @@ def _log_access(exchange: Exchange) -> None:
             }
         },
     )
-

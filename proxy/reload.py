@@ -32,7 +32,11 @@ class RulesHolder:
         try:
             rules = load_rules(self.path)
         except ConfigError as exc:
-            log.error("rules reload refused, keeping the previous rules: %s", exc, extra={"fields": {"reason": reason}})
+            log.error(
+                "rules reload refused, keeping the previous rules: %s",
+                exc,
+                extra={"fields": {"reason": reason}},
+            )
             self._digest = digest  # do not log the same bad file every poll
             return False
         self.current, self._digest = rules, digest

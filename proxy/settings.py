@@ -96,7 +96,9 @@ class Settings:
             upstream_timeout=env.number("PROXY_UPSTREAM_TIMEOUT", 30.0, minimum=0.001),
             max_body_bytes=env.integer("PROXY_MAX_BODY_BYTES", 1024 * 1024, minimum=1),
             trusted_proxies=_networks(env.text("PROXY_TRUSTED_PROXIES", "")),
-            log_level=env.choice("PROXY_LOG_LEVEL", "info", ("critical", "error", "warning", "info", "debug")),
+            log_level=env.choice(
+                "PROXY_LOG_LEVEL", "info", ("critical", "error", "warning", "info", "debug")
+            ),
             access_log=env.flag("PROXY_ACCESS_LOG", True),
             session_header=env.text("PORTAL_SESSION_HEADER", "Authorization"),
             session_cookie=env.optional("PORTAL_SESSION_COOKIE"),
@@ -226,7 +228,9 @@ def _api_key(env: _Env) -> tuple[str | None, Path | None]:
 def _origin(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"BPOC_BASE_URL must be an http:// or https:// origin such as https://bpoc.io, got {value!r}")
+        raise ConfigError(
+            f"BPOC_BASE_URL must be an http:// or https:// origin such as https://bpoc.io, got {value!r}"
+        )
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigError(
             f"BPOC_BASE_URL must be an origin without a path (clients send the full /api/v1/... path), got {value!r}"
@@ -279,15 +283,12 @@ def _networks(value: str) -> tuple[IPNetwork, ...]:
 
 
 def _auth_mode(jwt_secret: str | None, jwks_url: str | None, session_url: str | None) -> AuthMode:
-    given: list[tuple[str, AuthMode]] = [
-        (name, mode)
-        for name, mode, value in (
-            ("PORTAL_JWT_SECRET", "jwt_secret", jwt_secret),
-            ("PORTAL_JWKS_URL", "jwks", jwks_url),
-            ("PORTAL_SESSION_URL", "introspection", session_url),
-        )
-        if value is not None
-    ]
+    candidates: tuple[tuple[str, AuthMode, str | None], ...] = (
+        ("PORTAL_JWT_SECRET", "jwt_secret", jwt_secret),
+        ("PORTAL_JWKS_URL", "jwks", jwks_url),
+        ("PORTAL_SESSION_URL", "introspection", session_url),
+    )
+    given = [(name, mode) for name, mode, value in candidates if value is not None]
     if len(given) != 1:
         names = ", ".join(name for name, _ in given) if given else "none of them"
         raise ConfigError(

@@ -125,7 +125,9 @@ def _without_cookie(header: str, name: str) -> str:
     return "; ".join(p for p in pairs if p and p.split("=", 1)[0].strip() != name)
 
 
-def response_headers(raw: Iterable[tuple[bytes, bytes]], *, body_changed: bool = False) -> list[tuple[bytes, bytes]]:
+def response_headers(
+    raw: Iterable[tuple[bytes, bytes]], *, body_changed: bool = False
+) -> list[tuple[bytes, bytes]]:
     """BPOC's response headers as the client should see them: hop-by-hop removed, nothing else touched."""
     raw = list(raw)
     skip = {name.encode() for name in HOP_BY_HOP | connection_tokens(raw)}

@@ -63,10 +63,14 @@ def start_proxy(bpoc_url: str) -> Iterator[ProxyFactory]:
     with ExitStack() as stack:
 
         def start(env: Mapping[str, str] | None = None, **overrides: str) -> str:
-            settings = Settings.from_environ(dict(env) if env is not None else base_env(bpoc_url, **overrides))
+            settings = Settings.from_environ(
+                dict(env) if env is not None else base_env(bpoc_url, **overrides)
+            )
             app = create_app(settings)
             return stack.enter_context(
-                serve_in_thread(app, proxy_headers=False, server_header=False, date_header=False, access_log=False)
+                serve_in_thread(
+                    app, proxy_headers=False, server_header=False, date_header=False, access_log=False
+                )
             )
 
         yield start
@@ -106,7 +110,9 @@ def spawn_proxy(env: Mapping[str, str], tmp_path: Path) -> ProxyProcess:
     sock = bind_socket()
     port = sock.getsockname()[1]
     sock.close()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("BPOC_", "PROXY_", "PORTAL_", "RECRUITER_"))}
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("BPOC_", "PROXY_", "PORTAL_", "RECRUITER_"))
+    }
     full_env.update(env)
     full_env.update({"PROXY_HOST": "127.0.0.1", "PROXY_PORT": str(port)})
     log_path = tmp_path / f"proxy-{port}.log"

@@ -28,7 +28,9 @@ def echoed_headers(response: httpx.Response) -> dict[str, list[str]]:
 @pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
 def test_method_is_forwarded(proxy_url: str, client: httpx.Client, method: str) -> None:
     """Each method reaches BPOC as itself, with the same path."""
-    response = client.request(method, proxy_url + ECHO, headers=auth(), content=b"x" if method != "GET" else None)
+    response = client.request(
+        method, proxy_url + ECHO, headers=auth(), content=b"x" if method != "GET" else None
+    )
     assert response.status_code == 200
     assert response.json()["method"] == method
     assert response.json()["path"] == ECHO
@@ -49,7 +51,9 @@ def test_query_string_passes_byte_for_byte(proxy_url: str, client: httpx.Client)
     assert response.json()["query_string"] == query
 
 
-def test_agency_key_replaces_the_client_key(proxy_url: str, client: httpx.Client, bpoc_state: BpocState) -> None:
+def test_agency_key_replaces_the_client_key(
+    proxy_url: str, client: httpx.Client, bpoc_state: BpocState
+) -> None:
     """A client-sent X-API-Key is dropped; BPOC gets the agency key exactly once."""
     response = client.get(proxy_url + ECHO, headers={**auth(), "X-API-Key": "client-forged-key"})
     assert response.status_code == 200
@@ -72,7 +76,9 @@ def test_session_header_and_cookie_are_not_forwarded(
     assert bpoc_state.requests[-1].header("authorization") is None
 
 
-def test_hop_by_hop_request_headers_are_stripped(proxy_url: str, client: httpx.Client, bpoc_state: BpocState) -> None:
+def test_hop_by_hop_request_headers_are_stripped(
+    proxy_url: str, client: httpx.Client, bpoc_state: BpocState
+) -> None:
     """Connection, Keep-Alive, TE, Upgrade, Proxy-* and headers named in Connection never reach BPOC."""
     headers = {
         **auth(),
@@ -113,7 +119,12 @@ def test_forwarded_for_is_set_and_untrusted_values_replaced(
     """An untrusted client cannot forge X-Forwarded-For or Forwarded."""
     client.get(
         proxy_url + ECHO,
-        headers={**auth(), "X-Forwarded-For": "6.6.6.6", "Forwarded": "for=6.6.6.6", "X-Forwarded-Host": "evil"},
+        headers={
+            **auth(),
+            "X-Forwarded-For": "6.6.6.6",
+            "Forwarded": "for=6.6.6.6",
+            "X-Forwarded-Host": "evil",
+        },
     )
     received = bpoc_state.requests[-1]
     assert received.header_values("x-forwarded-for") == ["127.0.0.1"]
@@ -166,7 +177,9 @@ def test_encoded_response_passes_as_raw_bytes(proxy_url: str, client: httpx.Clie
     json.loads(gzip.decompress(raw))
 
 
-def test_request_id_is_returned_and_forwarded(proxy_url: str, client: httpx.Client, bpoc_state: BpocState) -> None:
+def test_request_id_is_returned_and_forwarded(
+    proxy_url: str, client: httpx.Client, bpoc_state: BpocState
+) -> None:
     """A sane client X-Request-Id is kept end to end; otherwise the proxy makes one."""
     response = client.get(proxy_url + ECHO, headers={**auth(), "X-Request-Id": "req-123"})
     assert response.headers["x-request-id"] == "req-123"
@@ -215,9 +228,7 @@ def test_oversized_body_on_a_rule_route_gives_413(
     assert bpoc_state.requests_to("/api/v1/jobs") == []
 
 
-def test_large_pass_through_body_is_not_limited(
-    start_proxy, bpoc_url: str, client: httpx.Client
-) -> None:
+def test_large_pass_through_body_is_not_limited(start_proxy, bpoc_url: str, client: httpx.Client) -> None:
     """PROXY_MAX_BODY_BYTES applies to buffered routes only; streamed uploads pass."""
     url = start_proxy(base_env(bpoc_url, PROXY_MAX_BODY_BYTES="1000"))
     response = client.post(url + "/_sandbox/upload", headers=auth(), content=b"z" * 100_000)
@@ -229,22 +240,35 @@ def test_large_pass_through_body_is_not_limited(
     ("env", "expected"),
     [
         pytest.param({"BPOC_API_KEY": ""}, "BPOC_API_KEY is missing", id="missing-key"),
-        pytest.param({"BPOC_API_KEY_FILE": "/nonexistent/key"}, "BPOC_API_KEY and BPOC_API_KEY_FILE", id="both-keys"),
-        pytest.param({"BPOC_BASE_URL": "https://bpoc.io/api/v1"}, "BPOC_BASE_URL must be an origin", id="url-path"),
+        pytest.param(
+            {"BPOC_API_KEY_FILE": "/nonexistent/key"}, "BPOC_API_KEY and BPOC_API_KEY_FILE", id="both-keys"
+        ),
+        pytest.param(
+            {"BPOC_BASE_URL": "https://bpoc.io/api/v1"}, "BPOC_BASE_URL must be an origin", id="url-path"
+        ),
         pytest.param({"BPOC_BASE_URL": "bpoc.io"}, "BPOC_BASE_URL must be an http", id="url-scheme"),
         pytest.param({"PROXY_PORT": "eighty"}, "PROXY_PORT must be a whole number", id="port"),
         pytest.param({"PROXY_UPSTREAM_TIMEOUT": "-1"}, "PROXY_UPSTREAM_TIMEOUT must be", id="timeout"),
         pytest.param({"PROXY_MAX_BODY_BYTES": "lots"}, "PROXY_MAX_BODY_BYTES must be", id="max-body"),
         pytest.param({"PROXY_TRUSTED_PROXIES": "10.0.0.0/33"}, "PROXY_TRUSTED_PROXIES", id="trusted"),
-        pytest.param({"PROXY_RULES": "/nonexistent/rules.yaml"}, "/nonexistent/rules.yaml", id="rules-missing"),
-        pytest.param({"PORTAL_JWKS_URL": "http://127.0.0.1:9/jwks"}, "set exactly one of", id="two-auth-modes"),
+        pytest.param(
+            {"PROXY_RULES": "/nonexistent/rules.yaml"}, "/nonexistent/rules.yaml", id="rules-missing"
+        ),
+        pytest.param(
+            {"PORTAL_JWKS_URL": "http://127.0.0.1:9/jwks"}, "set exactly one of", id="two-auth-modes"
+        ),
     ],
 )
 def test_bad_settings_stop_start_up_with_one_line(env: dict[str, str], expected: str) -> None:
     """`bpoc-proxy serve` with a bad setting exits non-zero with one line naming it, no traceback."""
     full = {"PATH": "/usr/bin:/bin", **base_env("http://127.0.0.1:9"), **env}
     result = subprocess.run(
-        [sys.executable, "-m", "proxy", "serve"], env=full, capture_output=True, text=True, timeout=30, cwd=ROOT
+        [sys.executable, "-m", "proxy", "serve"],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

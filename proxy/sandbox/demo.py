@@ -25,7 +25,12 @@ from .seed import BOB_ID, BpocState
 from .server import bind_socket, serve_in_thread
 from .tokens import mint_hs
 
-DEMO_USER = {"sub": "portal-user-42", "email": "bob@agency.example", "first_name": "Bob", "last_name": "Recruiter"}
+DEMO_USER = {
+    "sub": "portal-user-42",
+    "email": "bob@agency.example",
+    "first_name": "Bob",
+    "last_name": "Recruiter",
+}
 JOB = {"clientId": "c0ffee00-0000-4000-8000-000000000001", "title": "Senior Developer", "salary_min": 80000}
 
 
@@ -36,7 +41,9 @@ def run_demo(*, port: int = 8080, self_test: bool = False) -> int:
     try:
         sock = bind_socket("127.0.0.1", port)
     except OSError as exc:
-        raise ConfigError(f"port {port} is not free ({exc.strerror}); try bpoc-proxy demo --port 8081") from None
+        raise ConfigError(
+            f"port {port} is not free ({exc.strerror}); try bpoc-proxy demo --port 8081"
+        ) from None
 
     state = BpocState.seeded(secrets.token_urlsafe(24))
     jwt_secret = secrets.token_urlsafe(32)
