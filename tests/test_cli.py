@@ -1,0 +1,160 @@
+"""The command line as an operator meets it: real processes, real exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy.sandbox.seed import BOB_ID, BpocState
+
+from .conftest import API_KEY, ROOT, base_env
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        env=full,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_check_prints_what_it_loaded() -> None:
+    """`check` validates settings and rules and lists every rule, without showing the key."""
+    result = run("check", env=base_env("http://127.0.0.1:9"))
+    assert result.returncode == 0, result.stderr
+    assert "/api/v1/jobs/create" in result.stdout
+    assert "postedBy" in result.stdout
+    assert "/api/v1/team/invite" in result.stdout
+    assert API_KEY not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            "rules:\n  - match: POST /api/v1/jobs/create\n    set: {postedBy: recuiter}\n",
+            "rules.yaml:3",
+            id="unknown-value",
+        ),
+        pytest.param(
+            "rules:\n  - match: POST /api/v1/jobs/create\n    sett: {postedBy: recruiter}\n",
+            "sett",
+            id="unknown-key",
+        ),
+        pytest.param(
+            "rules:\n  - match: POST api/v1/jobs/{id\n    set: {x: recruiter}\n",
+            "rules.yaml:2",
+            id="bad-template",
+        ),
+        pytest.param(
+            "rules:\n  - match: POST /a/{id}\n    set: {x: recruiter}\n  - match: POST /a/{other}\n    set: {y: recruiter}\n",
+            "rules.yaml:4",
+            id="duplicate-route",
+        ),
+        pytest.param("rules: [\n", "rules.yaml", id="not-yaml"),
+    ],
+)
+def test_check_explains_a_bad_rules_file(tmp_path: Path, text: str, expected: str) -> None:
+    """A bad rules file: exit 2 and one line with file, line and what is wrong; `serve` refuses to start."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(text)
+    env = base_env("http://127.0.0.1:9", PROXY_RULES=str(rules))
+    for command in ("check", "serve"):
+        result = run(command, env=env)
+        assert result.returncode == 2, result.stdout
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert expected in lines[0]
+
+
+def test_check_reports_overlaps_and_report_only(tmp_path: Path) -> None:
+    """Overlapping templates and report-only rules are called out."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - match: POST /api/v1/jobs/{id}/approve\n    enforce: {approvedBy: recruiter}\n"
+        "  - match: POST /api/v1/jobs/create/approve\n    set: {x: recruiter}\n    report_only: true\n"
+    )
+    result = run("check", env=base_env("http://127.0.0.1:9", PROXY_RULES=str(rules)))
+    assert result.returncode == 0, result.stderr
+    assert "overlap" in result.stdout.lower()
+    assert "report" in result.stdout.lower()
+
+
+def test_explain_shows_the_rule_and_the_body_sent() -> None:
+    """`explain` prints the matching rule and the rewritten body, sending nothing."""
+    result = run(
+        "explain",
+        "POST",
+        "/api/v1//jobs/create/",
+        "--email",
+        "someone@agency.example",
+        "--recruiter-id",
+        BOB_ID,
+        "--body",
+        '{"title": "Dev", "postedBy": "forged"}',
+        env={"PROXY_RULES": str(ROOT / "rules.yaml")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "POST /api/v1/jobs/create" in result.stdout
+    assert "rules.yaml:" in result.stdout
+    assert f'{{"title":"Dev","postedBy":"{BOB_ID}"}}' in result.stdout
+
+
+def test_explain_shows_refusals_and_unmatched_routes() -> None:
+    """`explain` says when a request would be refused, or forwarded unchanged."""
+    env = {"PROXY_RULES": str(ROOT / "rules.yaml")}
+    result = run(
+        "explain", "POST", "/api/v1/applications/1/release", "--body", '{"releasedBy": "x"}', env=env
+    )
+    assert "403" in result.stdout
+    result = run("explain", "GET", "/api/v1/jobs", env=env)
+    assert "forwarded unchanged" in result.stdout
+
+
+def test_recruiters_lists_the_directory(bpoc_url: str, bpoc_state: BpocState) -> None:
+    """`recruiters` prints email, id, active and role for each recruiter of the agency."""
+    result = run("recruiters", env=base_env(bpoc_url))
+    assert result.returncode == 0, result.stderr
+    assert "bob@agency.example" in result.stdout and BOB_ID in result.stdout
+    assert "mallory@other.example" not in result.stdout
+    assert API_KEY not in result.stdout + result.stderr
+
+
+def test_recruiters_fails_when_bpoc_is_unreachable() -> None:
+    """`recruiters` exits non-zero with one line when BPOC cannot be reached: the operator's first check."""
+    result = run("recruiters", env=base_env("http://127.0.0.1:9"))
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_self_test_creates_an_attributed_job() -> None:
+    """`demo --self-test` runs the printed curl flow: the job is attributed to the demo recruiter."""
+    from proxy.sandbox.server import bind_socket
+
+    sock = bind_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    result = run("demo", "--self-test", "--port", str(port))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert BOB_ID in result.stdout
+    assert "attributed to Bob" in result.stderr
+
+
+def test_module_and_console_script_agree() -> None:
+    """`python -m proxy` is the `bpoc-proxy` command."""
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("serve", "check", "explain", "recruiters", "demo"):
+        assert command in result.stdout
