@@ -32,6 +32,7 @@ class ProxyError(Exception):
     code = "internal_error"
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        message = _sentence(message)
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
@@ -94,3 +95,12 @@ class ServiceUnavailable(UpstreamError):
 class GatewayTimeout(UpstreamError):
     status_code = 504
     code = "gateway_timeout"
+
+
+def _sentence(message: str) -> str:
+    """Clients get one readable sentence: capitalised, with a full stop, whoever raised it."""
+    message = message.strip()
+    if not message:
+        return "The request failed."
+    message = message[0].upper() + message[1:]
+    return message if message.endswith((".", "!", "?")) else message + "."
