@@ -98,9 +98,9 @@ class GatewayTimeout(UpstreamError):
 
 
 def _sentence(message: str) -> str:
-    """Clients get one readable sentence: capitalised, with a full stop, whoever raised it."""
+    """Clients get one sentence ending in a full stop, whoever raised it; the first word may be a field name,
+    such as interviewerId, so its case is left alone."""
     message = message.strip()
     if not message:
         return "The request failed."
-    message = message[0].upper() + message[1:]
     return message if message.endswith((".", "!", "?")) else message + "."
