@@ -23,7 +23,7 @@ from . import logs
 from .auth import Authenticator, Principal, extract_token
 from .errors import AuthenticationError, Forbidden, PayloadTooLarge, ProxyError
 from .paths import check_method_override, normalise_path
-from .recruiters import Identity, RecruiterDirectory
+from .recruiters import RecruiterDirectory
 from .rewrite import Caller, Plan, apply, check_query, decode_body, encode_body, plan
 from .rules import Match, Rule, RuleSet
 from .settings import Settings
@@ -117,7 +117,7 @@ class Pipeline:
             await self._attributed(match.rule, principal, scope, receive, send, exchange, target, outgoing)
             return
         if match is not None and match.roles:
-            await self._require_role(match, principal, None)
+            await self._require_role(match, principal)
         await self._pass_through(method, target, outgoing, _has_body(headers), receive, send, exchange)
 
     async def _authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal:
@@ -135,12 +135,10 @@ class Pipeline:
             )
         return await self._auth.authenticate(token)
 
-    async def _require_role(
-        self, match: Match, principal: Principal | None, identity: Identity | None
-    ) -> None:
+    async def _require_role(self, match: Match, principal: Principal | None) -> None:
         if principal is None:
             raise AuthenticationError("This route requires a portal session.", error="invalid_request")
-        role = identity.role if identity is not None else await self._directory.role_of(principal)
+        role = await self._directory.role_of(principal)  # the session's role, else the directory's (cached)
         if role not in match.roles:
             allowed = ", ".join(sorted(match.roles))
             raise Forbidden(
@@ -179,7 +177,7 @@ class Pipeline:
         body = decode_body(raw, content_type, content_encoding, self._settings.max_body_bytes)
         identity = await self._directory.resolve(principal) if rule.needs_recruiter else None
         if rule.roles:
-            await self._require_role(Match(rule=rule, route=None, params={}), principal, identity)
+            await self._require_role(Match(rule=rule, route=None, params={}), principal)
 
         rewritten = [(n, v) for n, v in outgoing if n not in ("content-encoding", "content-type")]
         rewritten.append(("content-type", content_type or "application/json"))

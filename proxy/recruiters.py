@@ -35,6 +35,7 @@ CREATE_PATH = "/api/v1/recruiters/create"
 #: Bound on cached emails; far above any agency's headcount, there only so memory cannot grow without limit.
 CACHE_SIZE = 100_000
 _DIRECTORY = "directory"  # the single-flight key of the whole-directory fetch
+DIRECTORY_RETRY_AFTER_FAILURE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,7 @@ class RecruiterDirectory:
         self._provisioned: dict[str, Recruiter] = {}
         self._active: frozenset[str] | None = None
         self._snapshot_at: float | None = None
+        self._failed_at: float | None = None
         self._fetch: SingleFlight[str, None] = SingleFlight()
         self._create: SingleFlight[str, Recruiter] = SingleFlight()
 
@@ -149,7 +151,8 @@ class RecruiterDirectory:
         """The recruiter to attribute to; Forbidden if there is none, ServiceUnavailable if BPOC can't say."""
         carried = principal.recruiter_id
         if carried is not None and carried.lower() not in self._refused:
-            return Identity(carried, await self._quiet_role(principal))
+            # The session names the recruiter; a role, if a route needs one, comes from role_of().
+            return Identity(carried, principal.role)
         email = _email(principal)
         recruiter = await self._find(email)
         if recruiter is None:
@@ -172,7 +175,7 @@ class RecruiterDirectory:
             or self._timer() - self._snapshot_at >= self._settings.recruiter_cache_ttl
         ):
             try:
-                await self.refresh()
+                await self._refresh_for_request()
             except ServiceUnavailable:
                 if (
                     self._snapshot_at is None
@@ -222,7 +225,19 @@ class RecruiterDirectory:
 
     async def refresh(self) -> None:
         """Fetch the whole directory and replace the cache; concurrent callers share one fetch."""
-        await self._fetch.run(_DIRECTORY, self._load)
+        try:
+            await self._fetch.run(_DIRECTORY, self._load)
+        except ServiceUnavailable:
+            self._failed_at = self._timer()
+            raise
+        self._failed_at = None
+
+    async def _refresh_for_request(self) -> None:
+        """refresh(), except within DIRECTORY_RETRY_AFTER_FAILURE seconds of a failure, which fails at once:
+        while BPOC is down, requests get stale entries (or a 503) without each adding another failed call."""
+        if self._failed_at is not None and self._timer() - self._failed_at < DIRECTORY_RETRY_AFTER_FAILURE:
+            raise ServiceUnavailable("the BPOC recruiter directory cannot be reached; retrying shortly")
+        await self.refresh()
 
     async def run_sync(self) -> None:
         """Refresh every RECRUITER_SYNC_INTERVAL seconds until cancelled; failures are logged, not fatal."""
@@ -252,7 +267,7 @@ class RecruiterDirectory:
         if recruiter is not None or email in self._unknown:
             return recruiter
         try:
-            await self.refresh()
+            await self._refresh_for_request()
         except ServiceUnavailable:
             return self._stale_or_raise(email)
         recruiter = self._by_email.get(email) or self._provisioned.get(email)
@@ -270,14 +285,6 @@ class RecruiterDirectory:
             "BPOC directory unavailable; serving a stale recruiter entry", extra={"fields": {"email": email}}
         )
         return entry[0]
-
-    async def _quiet_role(self, principal: Principal) -> str | None:
-        # The session already names the recruiter: the directory only adds a role, and its being down must not
-        # fail a request that may not need one. A role-gated rule then sees None and refuses (fail closed).
-        try:
-            return await self.role_of(principal)
-        except ServiceUnavailable:
-            return None
 
     async def _load(self) -> None:
         recruiters = await fetch_directory(

@@ -33,7 +33,9 @@ def test_every_setting_is_in_the_readme_table() -> None:
     """Each environment variable the code reads has a row in the README's settings table, and vice versa."""
     in_code, in_readme = settings_read_by_code(), settings_in_readme_table()
     assert in_code - in_readme == set()
-    unknown = {name for name in in_readme if name not in in_code and name.removesuffix("_FILE") not in in_code}
+    unknown = {
+        name for name in in_readme if name not in in_code and name.removesuffix("_FILE") not in in_code
+    }
     assert unknown == set()
 
 
