@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 
-from . import __version__
+from . import __version__, logs
 from .auth import build_authenticator
 from .errors import ConfigError
 from .pipeline import Pipeline, Receive, Scope, Send
@@ -80,6 +80,7 @@ class ProxyApp:
         await self.upstream.start()
         await self.authenticator.start()
         self._spawn(self._first_sync())
+        self._spawn(self._flush_logs())
         if self.settings.rules_reload:
             self._spawn(self.rules.watch(self.settings.rules_reload_interval))
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -100,6 +101,7 @@ class ProxyApp:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await self.upstream.close()
         await self.http.aclose()
+        logs.flush_all()
 
     def _on_sighup(self) -> None:
         self.rules.reload(reason="SIGHUP")
@@ -114,6 +116,11 @@ class ProxyApp:
         except Exception as exc:
             log.warning("the first recruiter directory sync failed; retrying in the background: %s", exc)
         await self.directory.run_sync()
+
+    async def _flush_logs(self) -> None:
+        while True:
+            await asyncio.sleep(logs.FLUSH_INTERVAL)
+            logs.flush_all()
 
     async def _healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +22,7 @@ import simplejson
 from . import logs
 from .auth import Authenticator, Principal, extract_token
 from .errors import AuthenticationError, Forbidden, PayloadTooLarge, ProxyError
-from .paths import check_method_override, normalise_path
+from .paths import METHOD_OVERRIDE_HEADERS, check_method_override, normalise_path
 from .recruiters import RecruiterDirectory
 from .rewrite import Caller, Plan, apply, check_query, decode_body, encode_body, plan
 from .rules import Match, Rule, RuleSet
@@ -40,6 +40,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 # BPOC's answers that mean "the recruiter ID you sent is stale" (the guide's Troubleshooting section).
 _STALE_RECRUITER = ("Recruiter does not belong to your agency", "Invalid recruiter")
 _SMALL_BODY = 256 * 1024
+_OVERRIDE_NAMES = frozenset(name.encode() for name in METHOD_OVERRIDE_HEADERS)
 
 
 class ClientGone(Exception):
@@ -100,7 +101,8 @@ class Pipeline:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         path = normalise_path(scope.get("raw_path") or scope["path"].encode("utf-8"))
         exchange.path = path
-        check_method_override(name.decode("latin-1").lower() for name, _ in headers)
+        if any(name in _OVERRIDE_NAMES for name, _ in headers):
+            check_method_override(name.decode("latin-1") for name, _ in headers)
         rules = self._rules()
 
         principal = None if rules.is_public(method, path) else await self._authenticate(headers)
@@ -181,7 +183,7 @@ class Pipeline:
 
         rewritten = [(n, v) for n, v in outgoing if n not in ("content-encoding", "content-type")]
         rewritten.append(("content-type", content_type or "application/json"))
-        attribution_id = uuid.uuid4().hex
+        attribution_id = os.urandom(16).hex()
         exchange.extra_headers.append((b"x-attribution-id", attribution_id.encode()))
 
         async def attempt(body: dict[str, Any], recruiter_id: str | None) -> aiohttp.ClientResponse:
@@ -280,7 +282,7 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
             candidate = value.decode("latin-1")
             if _REQUEST_ID.fullmatch(candidate):
                 return candidate
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # 128 random bits, as uuid4 has, at a fraction of its cost
 
 
 def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:

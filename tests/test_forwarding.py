@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import json
 import socket
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
 
+from proxy.sandbox.bpoc import create_bpoc_app
 from proxy.sandbox.seed import BpocState
+from proxy.sandbox.server import serve_in_thread
 
 from .conftest import API_KEY, ROOT, auth, base_env, token_for
 
@@ -276,3 +280,80 @@ def test_bad_settings_stop_start_up_with_one_line(env: dict[str, str], expected:
     assert len(lines) == 1, result.stderr
     assert expected in lines[0]
     assert API_KEY not in result.stderr
+
+
+def test_api_key_file_is_reread_when_rotated(
+    start_proxy, bpoc_url: str, client: httpx.Client, bpoc_state: BpocState, tmp_path
+) -> None:
+    """BPOC_API_KEY_FILE: a key rotated in place (as Kubernetes does) is used without a restart."""
+    key_file = tmp_path / "api-key"
+    key_file.write_text("first-key\n")
+    env = base_env(bpoc_url, BPOC_API_KEY_FILE=str(key_file))
+    del env["BPOC_API_KEY"]
+    url = start_proxy(env)
+    client.get(url + ECHO, headers=auth())
+    assert bpoc_state.requests[-1].header("x-api-key") == "first-key"
+    rotated = tmp_path / "api-key.new"
+    rotated.write_text("second-key\n")
+    rotated.replace(key_file)
+    deadline = time.monotonic() + 5
+    while bpoc_state.requests[-1].header("x-api-key") != "second-key" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        client.get(url + ECHO, headers=auth())
+    assert bpoc_state.requests[-1].header("x-api-key") == "second-key"
+
+
+def test_http_proxy_setting_is_honoured(
+    start_proxy, bpoc_url: str, client: httpx.Client, bpoc_state: BpocState
+) -> None:
+    """HTTP_PROXY (HTTPS_PROXY for https) carries the connection to BPOC; here the sandbox plays the proxy."""
+    env = base_env("http://bpoc.example", HTTP_PROXY=bpoc_url, RECRUITER_SYNC_INTERVAL="0")
+    url = start_proxy(env)
+    response = client.get(url + ECHO, headers=auth())
+    assert response.status_code == 200
+    assert bpoc_state.requests[-1].header("host") == "bpoc.example"
+
+
+def self_signed_certificate(tmp_path) -> tuple[str, str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+def test_ssl_cert_file_is_honoured(
+    start_proxy, bpoc_state: BpocState, client: httpx.Client, tmp_path
+) -> None:
+    """SSL_CERT_FILE names the CA that BPOC's certificate must chain to; without it the proxy refuses (502)."""
+    cert, key = self_signed_certificate(tmp_path)
+    with serve_in_thread(create_bpoc_app(bpoc_state), ssl_certfile=cert, ssl_keyfile=key) as https_url:
+        bpoc = https_url.replace("http://127.0.0.1", "https://localhost")
+        trusting = start_proxy(base_env(bpoc, SSL_CERT_FILE=cert))
+        assert client.get(trusting + ECHO, headers=auth()).status_code == 200
+        untrusting = start_proxy(base_env(bpoc))
+        response = client.get(untrusting + ECHO, headers=auth())
+        assert response.status_code == 502
