@@ -120,7 +120,7 @@ class Pipeline:
             return
         if match is not None and match.roles:
             await self._require_role(match, principal)
-        await self._pass_through(method, target, outgoing, _has_body(headers), receive, send, exchange)
+        await self._pass_through(method, target, outgoing, _body_length(headers), receive, send, exchange)
 
     async def _authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal:
         header_value = cookie = None
@@ -225,16 +225,14 @@ class Pipeline:
         method: str,
         target: str,
         outgoing: Headers,
-        has_body: bool,
+        length: str | None,
         receive: Receive,
         send: Send,
         exchange: Exchange,
     ) -> None:
-        if has_body:
-            length = _header(outgoing, "content-length")
-            if length is not None:
-                outgoing.append(("content-length", length))  # keep a streamed upload un-chunked
-        body = _stream_request(receive) if has_body else None
+        if length not in (None, "chunked"):
+            outgoing.append(("content-length", length))  # a streamed upload keeps its length, un-chunked
+        body = _stream_request(receive) if length is not None else None
         response = await self._upstream.send(method, target, outgoing, body)
         await self._respond(response, receive, send, exchange)
 
@@ -285,13 +283,15 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
     return os.urandom(16).hex()  # 128 random bits, as uuid4 has, at a fraction of its cost
 
 
-def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+def _body_length(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The request body's Content-Length, "chunked" for a body of unknown length, or None for no body."""
     for name, value in headers:
         if name == b"content-length":
-            return value.strip() not in (b"0", b"")
+            length = value.strip().decode("latin-1")
+            return None if length in ("0", "") else length
         if name == b"transfer-encoding":
-            return True
-    return False
+            return "chunked"
+    return None
 
 
 def _header(headers: Headers, name: str) -> str | None:

@@ -357,3 +357,26 @@ def test_ssl_cert_file_is_honoured(
         untrusting = start_proxy(base_env(bpoc))
         response = client.get(untrusting + ECHO, headers=auth())
         assert response.status_code == 502
+
+
+def test_streamed_upload_keeps_its_content_length(
+    proxy_url: str, client: httpx.Client, bpoc_state: BpocState
+) -> None:
+    """A pass-through upload with a Content-Length reaches BPOC with that length, not re-chunked."""
+    response = client.put(proxy_url + "/_sandbox/upload", headers=auth(), content=b"q" * 300_000)
+    assert response.json()["size"] == 300_000
+    received = bpoc_state.requests_to("/_sandbox/upload")[-1]
+    assert received.header("content-length") == "300000"
+    assert received.header("transfer-encoding") is None
+
+
+def test_chunked_upload_passes_chunked(proxy_url: str, client: httpx.Client, bpoc_state: BpocState) -> None:
+    """A pass-through upload of unknown length is streamed on chunked."""
+
+    def body():
+        yield b"a" * 1000
+        yield b"b" * 1000
+
+    response = client.post(proxy_url + "/_sandbox/upload", headers=auth(), content=body())
+    assert response.json()["size"] == 2000
+    assert bpoc_state.requests_to("/_sandbox/upload")[-1].header("transfer-encoding") == "chunked"
