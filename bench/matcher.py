@@ -9,7 +9,8 @@ from __future__ import annotations
 import timeit
 from dataclasses import dataclass
 
-from proxy.rules import RuleSet, parse_rules
+from proxy.rules import RuleSet
+from proxy.rules_file import parse_rules
 
 SIZES = (10, 10_000)
 

@@ -25,7 +25,8 @@ from .errors import ConfigError
 from .pipeline import Pipeline, Receive, Scope, Send
 from .recruiters import RecruiterDirectory
 from .reload import RulesHolder
-from .rules import RuleSet, load_rules
+from .rules import RuleSet
+from .rules_file import load_rules
 from .settings import Settings
 from .upstream import ApiKey, Upstream
 

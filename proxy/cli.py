@@ -77,7 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .logs import logging_config
-    from .rules import load_rules
+    from .rules_file import load_rules
     from .settings import Settings
 
     settings = Settings.from_environ()
@@ -100,7 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .rules import load_rules
+    from .rules_file import load_rules
     from .settings import Settings
 
     settings = Settings.from_environ()
@@ -127,7 +127,7 @@ def _explain(args: argparse.Namespace) -> int:
 
     from .paths import normalise_path
     from .rewrite import Caller, apply, decode_body, encode_body, plan
-    from .rules import load_rules
+    from .rules_file import load_rules
 
     rules = load_rules(args.rules or Path(os.environ.get("PROXY_RULES") or "rules.yaml"))
     method = args.method.upper()

@@ -12,7 +12,8 @@ import logging
 from pathlib import Path
 
 from .errors import ConfigError
-from .rules import RuleSet, load_rules
+from .rules import RuleSet
+from .rules_file import load_rules
 
 log = logging.getLogger("proxy.rules")
 

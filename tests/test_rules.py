@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from proxy.errors import ConfigError
-from proxy.rules import FieldRule, Match, Route, Rule, RuleSet, load_rules, parse_rules
+from proxy.rules import FieldRule, Match, Route, Rule, RuleSet
+from proxy.rules_file import load_rules, parse_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 UUID = "f47ac10b-58cc-4372-a567-0e02b2c3d479"
