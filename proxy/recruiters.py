@@ -24,9 +24,10 @@ from typing import Any
 import httpx
 from cachetools import TTLCache
 
-from .auth import Principal, SingleFlight
+from .auth import Principal
 from .errors import Forbidden, ServiceUnavailable
 from .settings import Settings
+from .singleflight import SingleFlight
 
 log = logging.getLogger("proxy.recruiters")
 

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy import auth as auth_module
+from proxy import jwks as jwks_module
 from proxy.app import create_app
 from proxy.sandbox.bpoc import create_bpoc_app
 from proxy.sandbox.portal import PortalState, create_portal_app
@@ -465,7 +465,7 @@ def test_jwks_rotation_costs_one_fetch(
 ) -> None:
     """After the portal rotates its keys, a token with the new kid is accepted after exactly one JWKS fetch."""
     # The proxy refetches on an unknown kid at most once a minute; shorten that so the test need not wait one.
-    monkeypatch.setattr(auth_module, "JWKS_REFETCH_INTERVAL", 0.3)
+    monkeypatch.setattr(jwks_module, "JWKS_REFETCH_INTERVAL", 0.3)
     url = start_proxy(portal_env(bpoc_url, PORTAL_JWKS_URL=portal_url + "/.well-known/jwks.json"))
     assert portal_state.calls["jwks"] == 1  # fetched at start-up
     old = mint_with_key(portal_state.keys[0], sub="bob", email=BOB)
