@@ -14,7 +14,8 @@ import jwt
 import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.sandbox.bpoc import GZIP_PAYLOAD, BpocState, create_bpoc_app, download_chunks
+from proxy.sandbox.aids import GZIP_PAYLOAD
+from proxy.sandbox.bpoc import BpocState, create_bpoc_app, download_chunks
 from proxy.sandbox.portal import PortalState, create_portal_app
 from proxy.sandbox.seed import (
     ALICE_ID,

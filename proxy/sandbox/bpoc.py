@@ -11,23 +11,19 @@ to the app is appended to ``state.requests``; /_sandbox/upload records its reque
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import gzip
-import hashlib
 import hmac
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import simplejson
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
+from .aids import _Aids, download_chunks
 from .seed import (
     AGENCY_ID,
     DEMO_APPLICATION_ID,
@@ -39,6 +35,7 @@ from .seed import (
     Recruiter,
     is_uuid,
 )
+from .web import Endpoint, _AnyMethod, _pause, _recorded, _Refusal, _refused, json_response
 
 __all__ = [
     "AGENCY_ID",
@@ -63,15 +60,8 @@ ATTRIBUTION_FIELDS = (
     "createdBy",
     "reviewedBy",
 )
-CHUNK_SIZE = 64 * 1024
-_CHUNK = bytes(range(256)) * (CHUNK_SIZE // 256)
-_MAX_DOWNLOAD = 16 * 1024**3
-GZIP_PAYLOAD: dict[str, Any] = {"compressed": True, "message": "these bytes left the sandbox gzip-encoded"}
-GZIP_BODY = gzip.compress(simplejson.dumps(GZIP_PAYLOAD).encode(), mtime=0)
 
-_N = TypeVar("_N", int, float)
 Handler = Callable[[Request, dict[str, Any]], tuple[int, Any]]
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def create_bpoc_app(state: BpocState) -> Starlette:
@@ -79,40 +69,6 @@ def create_bpoc_app(state: BpocState) -> Starlette:
     aids = _Aids(state)
     routes = [*api.routes(), *aids.routes(), Route("/{rest:path}", _AnyMethod(aids.not_found))]
     return Starlette(routes=routes, exception_handlers={_Refusal: _refused})
-
-
-def download_chunks(size: int) -> Iterator[bytes]:
-    """The bytes /_sandbox/download?size=N sends, 64 KiB at a time; hash them to check a download."""
-    whole, rest = divmod(size, CHUNK_SIZE)
-    for _ in range(whole):
-        yield _CHUNK
-    if rest:
-        yield _CHUNK[:rest]
-
-
-class _Refusal(Exception):
-    """An error answer, in BPOC's shape: ``{"error": ..., "message"?: ..., "status": ...}``."""
-
-    def __init__(self, status: int, error: str, message: str | None = None) -> None:
-        super().__init__(error)
-        self.status, self.error, self.message = status, error, message
-
-    def response(self) -> Response:
-        body: dict[str, Any] = {"error": self.error, "status": self.status}
-        if self.message is not None:
-            body["message"] = self.message
-        return json_response(body, self.status)
-
-
-async def _refused(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, _Refusal)
-    return exc.response()
-
-
-def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    # simplejson with use_decimal: numbers go back out exactly as they came in.
-    body = simplejson.dumps(content, use_decimal=True, ensure_ascii=False, separators=(",", ":"))
-    return Response(body.encode(), status, headers, media_type="application/json")
 
 
 def _parse_object(body: bytes) -> dict[str, Any]:
@@ -125,29 +81,6 @@ def _parse_object(body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _Refusal(400, "Invalid JSON body", "The request body must be a JSON object")
     return value
-
-
-def _recorded(request: Request, body: bytes) -> RecordedRequest:
-    scope = request.scope
-    return RecordedRequest(
-        method=request.method,
-        path=scope["path"],
-        raw_path=scope.get("raw_path") or scope["path"].encode(),
-        query_string=scope["query_string"].decode("latin-1"),
-        headers=[(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]],
-        body=body,
-    )
-
-
-class _AnyMethod:
-    """An ASGI endpoint that answers every method; Starlette limits function endpoints to a method list."""
-
-    def __init__(self, endpoint: Endpoint) -> None:
-        self._endpoint = endpoint
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = await self._endpoint(Request(scope, receive))
-        await response(scope, receive, send)
 
 
 class _Api:
@@ -388,140 +321,3 @@ def _text(body: dict[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _Refusal(400, "Invalid request", f"{key} is required")
     return value.strip()
-
-
-class _Aids:
-    """The /_sandbox/ routes: no API key, each one a behaviour a pass-through test needs from an upstream."""
-
-    def __init__(self, state: BpocState) -> None:
-        self.state = state
-
-    def routes(self) -> list[Route]:
-        return [
-            Route("/_sandbox/echo/{path:path}", _AnyMethod(self.echo)),
-            Route("/_sandbox/download", self.download, methods=["GET"]),
-            Route("/_sandbox/upload", self.upload, methods=["POST", "PUT"]),
-            Route("/_sandbox/slow", self.slow, methods=["GET"]),
-            Route("/_sandbox/slow-body", self.slow_body, methods=["GET"]),
-            Route("/_sandbox/status/{code:int}", _AnyMethod(self.status)),
-            Route("/_sandbox/redirect", self.redirect, methods=["GET"]),
-            Route("/_sandbox/hop", self.hop, methods=["GET"]),
-        ]
-
-    async def _record(self, request: Request, name: str, *, keep_body: bool = True) -> RecordedRequest:
-        recorded = _recorded(request, await request.body() if keep_body else b"")
-        self.state.record(recorded)
-        self.state.count(name)
-        return recorded
-
-    async def echo(self, request: Request) -> Response:
-        recorded = await self._record(request, "_sandbox/echo")
-        body = recorded.body
-        return json_response(
-            {
-                "method": recorded.method,
-                "path": recorded.path,
-                "raw_path": recorded.raw_path.decode("latin-1"),
-                "query_string": recorded.query_string,
-                # The echo is a response: like every response through the proxy, it never shows the agency key.
-                "headers": [(n, "<redacted>" if n == "x-api-key" else v) for n, v in recorded.headers],
-                "body_size": len(body),
-                "body_sha256": hashlib.sha256(body).hexdigest(),
-            }
-        )
-
-    async def download(self, request: Request) -> Response:
-        await self._record(request, "_sandbox/download")
-        if request.query_params.get("gzip") == "1":
-            headers = {"content-encoding": "gzip"}
-            return Response(GZIP_BODY, headers=headers, media_type="application/json")
-        size = _number(request, "size", int, 0, _MAX_DOWNLOAD)
-        # A known size goes out with Content-Length; ?chunked=1 leaves it off, so uvicorn sends it chunked.
-        headers = {} if request.query_params.get("chunked") == "1" else {"content-length": str(size)}
-        return StreamingResponse(_stream(size), headers=headers, media_type="application/octet-stream")
-
-    async def upload(self, request: Request) -> Response:
-        await self._record(request, "_sandbox/upload", keep_body=False)
-        digest, size = hashlib.sha256(), 0
-        async for chunk in request.stream():
-            digest.update(chunk)
-            size += len(chunk)
-        return json_response({"size": size, "sha256": digest.hexdigest()})
-
-    async def slow(self, request: Request) -> Response:
-        await self._record(request, "_sandbox/slow")
-        seconds = _number(request, "seconds", float, 0, 300)
-        await _pause(request, seconds)
-        return json_response({"slept": seconds})
-
-    async def slow_body(self, request: Request) -> Response:
-        await self._record(request, "_sandbox/slow-body")
-        seconds = _number(request, "seconds", float, 0, 300)
-
-        async def late() -> AsyncIterator[bytes]:
-            await asyncio.sleep(seconds)
-            yield simplejson.dumps({"slept": seconds}).encode()
-
-        return StreamingResponse(late(), media_type="application/json")
-
-    async def status(self, request: Request) -> Response:
-        await self._record(request, "_sandbox/status")
-        code: int = request.path_params["code"]
-        if not 200 <= code <= 599:
-            return json_response({"error": "status must be 200-599", "status": 400}, 400)
-        retry_after = request.query_params.get("retry_after")
-        headers = {"retry-after": retry_after} if retry_after else {}
-        if code in (204, 304):
-            return Response(status_code=code, headers=headers)
-        return json_response({"status": code}, code, headers)
-
-    async def redirect(self, request: Request) -> Response:
-        await self._record(request, "_sandbox/redirect")
-        return RedirectResponse("/_sandbox/echo/redirected", status_code=302)
-
-    async def hop(self, request: Request) -> Response:
-        """Hop-by-hop headers (RFC 9110 section 7.6.1) that a proxy must not pass on to its client.
-
-        uvicorn (httptools and h11) writes all four as given; ``Connection: X-Private`` names X-Private as
-        hop-by-hop too, so a proxy must drop it even though its name is not on the fixed list.
-        """
-        await self._record(request, "_sandbox/hop")
-        headers = {
-            "keep-alive": "timeout=5",
-            "proxy-authenticate": "x",
-            "x-private": "secret",
-            "connection": "X-Private",
-            "x-end-to-end": "kept",
-        }
-        return json_response({"hop": True}, headers=headers)
-
-    async def not_found(self, request: Request) -> Response:
-        await self._record(request, "not_found")
-        return json_response({"error": "Not found", "status": 404}, 404)
-
-
-async def _pause(request: Request, seconds: float) -> None:
-    """Sleep, but end early if the client hangs up: stopping the server must not wait on abandoned sleeps."""
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(disconnected(), seconds)
-
-
-async def _stream(size: int) -> AsyncIterator[bytes]:
-    for chunk in download_chunks(size):
-        yield chunk
-
-
-def _number(request: Request, name: str, kind: type[_N], low: _N, high: _N) -> _N:
-    raw = request.query_params.get(name, "0")
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise _Refusal(400, f"{name} must be a number") from None
-    if not low <= value <= high:
-        raise _Refusal(400, f"{name} must be between {low:g} and {high:g}")
-    return value
