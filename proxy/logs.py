@@ -31,6 +31,7 @@ logging.logMultiprocessing = False
 class JsonFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__()
+        self._encode = json.JSONEncoder(ensure_ascii=False, default=str).encode  # built once, not per line
         self._second = -1
         self._stamp = ""
 
@@ -46,7 +47,7 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return self._encode(entry)
 
     def _timestamp(self, created: float) -> str:
         second = int(created)

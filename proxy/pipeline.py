@@ -16,11 +16,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import simplejson
 
 from . import logs
 from .auth import Authenticator, Principal, extract_token
+from .engine import EngineResponse
 from .errors import AuthenticationError, Forbidden, PayloadTooLarge, ProxyError
 from .paths import METHOD_OVERRIDE_HEADERS, check_method_override, normalise_path
 from .recruiters import RecruiterDirectory
@@ -57,8 +57,9 @@ class Exchange:
     started: float = field(default_factory=time.perf_counter)
     status: int = 0
     user_id: str | None = None
-    rule: str | None = None
     response_started: bool = False
+    #: What the proxy wrote on an attributed route: the audit record, logged with the request's line.
+    audit: dict[str, Any] | None = None
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
@@ -93,8 +94,8 @@ class Pipeline:
                 send, exchange, ProxyError("The proxy failed unexpectedly; the error was logged.")
             )
         finally:
-            if self._settings.access_log:
-                _log_access(exchange)
+            if exchange.audit is not None or self._settings.access_log:
+                _log_exchange(exchange)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
         method: str = scope["method"]
@@ -115,7 +116,6 @@ class Pipeline:
         target = f"{path}?{query.decode('latin-1')}" if query else path
         outgoing = self._outgoing_headers(scope, exchange)
         if match is not None and match.rule is not None:
-            exchange.rule = match.rule.template
             await self._attributed(match.rule, principal, scope, receive, send, exchange, target, outgoing)
             return
         if match is not None and match.roles:
@@ -186,13 +186,11 @@ class Pipeline:
         attribution_id = os.urandom(16).hex()
         exchange.extra_headers.append((b"x-attribution-id", attribution_id.encode()))
 
-        async def attempt(body: dict[str, Any], recruiter_id: str | None) -> aiohttp.ClientResponse:
+        async def attempt(body: dict[str, Any], recruiter_id: str | None) -> EngineResponse:
             caller = Caller(recruiter_id, principal.user_id, principal.email)
             active = await self._directory.active_ids() if rule.has_reference else frozenset[str]()
             decided = plan(rule, body, caller, active)
-            _audit(
-                exchange, attribution_id, rule, principal, recruiter_id, decided, report_only=rule.report_only
-            )
+            exchange.audit = _audit_fields(attribution_id, rule, recruiter_id, decided, exchange.audit)
             if rule.report_only:  # the one deliberate exception to failing closed: forward as sent
                 return await self._upstream.send(scope["method"], target, list(outgoing), raw)
             if decided.refusal is not None:
@@ -237,7 +235,7 @@ class Pipeline:
         await self._respond(response, receive, send, exchange)
 
     async def _respond(
-        self, response: aiohttp.ClientResponse, receive: Receive, send: Send, exchange: Exchange
+        self, response: EngineResponse, receive: Receive, send: Send, exchange: Exchange
     ) -> None:
         """Send BPOC's answer on: small bodies in one message, large or unknown ones streamed."""
         headers = response_headers(response.raw_headers)
@@ -255,7 +253,7 @@ class Pipeline:
 
     async def _stream_response(
         self,
-        response: aiohttp.ClientResponse,
+        response: EngineResponse,
         headers: list[tuple[bytes, bytes]],
         receive: Receive,
         send: Send,
@@ -372,47 +370,35 @@ async def _send_error(send: Send, exchange: Exchange, exc: ProxyError) -> None:
     await _send_whole(send, exchange, exc.status_code, headers, body)
 
 
-def _audit(
-    exchange: Exchange,
-    attribution_id: str,
-    rule: Rule,
-    principal: Principal,
-    recruiter_id: str | None,
-    decided: Plan,
-    *,
-    report_only: bool,
-) -> None:
-    fields = {
+def _audit_fields(
+    attribution_id: str, rule: Rule, recruiter_id: str | None, decided: Plan, earlier: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The audit record of one attributed request: which rule wrote what, for whom (never the body)."""
+    fields: dict[str, Any] = {
         "attributionId": attribution_id,
-        "requestId": exchange.request_id,
         "rule": f"{rule.method} {rule.template}",
-        "userId": principal.user_id,
         "recruiterId": recruiter_id,
         "writes": {write.field: write.value for write in decided.writes},
-        "reportOnly": report_only,
+        "reportOnly": rule.report_only,
     }
     if decided.refusal is not None:
-        fields["wouldRefuse"] = decided.refusal.message
-    message = "report-only: would attribute" if report_only else "attributed"
-    logs.audit.info(message, extra={"fields": fields})
+        fields["wouldRefuse" if rule.report_only else "refused"] = decided.refusal.message
+    if earlier is not None:
+        fields["replayedAfter"] = earlier["recruiterId"]
+    return fields
 
 
-def _log_access(exchange: Exchange) -> None:
-    if not logs.access.isEnabledFor(logging.INFO):
+def _log_exchange(exchange: Exchange) -> None:
+    """One line per request: the access log line, which on attributed routes is also the audit record."""
+    logger = logs.access if exchange.audit is None else logs.audit
+    if not logger.isEnabledFor(logging.INFO):
         return
-    elapsed_ms = round((time.perf_counter() - exchange.started) * 1000, 2)
-    logs.access.info(
-        "%s %s %s",
-        exchange.method,
-        exchange.path,
-        exchange.status,
-        extra={
-            "fields": {
-                "requestId": exchange.request_id,
-                "status": exchange.status,
-                "durationMs": elapsed_ms,
-                "userId": exchange.user_id,
-                "rule": exchange.rule,
-            }
-        },
-    )
+    fields: dict[str, Any] = {
+        "requestId": exchange.request_id,
+        "status": exchange.status,
+        "durationMs": round((time.perf_counter() - exchange.started) * 1000, 2),
+        "userId": exchange.user_id,
+    }
+    if exchange.audit is not None:
+        fields.update(exchange.audit)
+    logger.info("%s %s %s", exchange.method, exchange.path, exchange.status, extra={"fields": fields})

@@ -159,9 +159,7 @@ def _parse(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise BadRequest(f"The request body is not valid UTF-8 (at byte {exc.start}).") from None
     try:
-        body = simplejson.loads(
-            text, parse_float=_Number, parse_int=_parse_int, object_pairs_hook=_object, allow_nan=False
-        )
+        body = _DECODER.decode(text)
     except simplejson.JSONDecodeError as exc:
         raise BadRequest(
             f"The request body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}."
@@ -245,12 +243,19 @@ def _json_kind(value: Any) -> str:
     return "a number"
 
 
+# Built once: simplejson.loads/dumps with arguments build a new codec on every call.
+_DECODER = simplejson.JSONDecoder(
+    parse_float=_Number, parse_int=_parse_int, object_pairs_hook=_object, allow_nan=False
+)
+_ENCODER = simplejson.JSONEncoder(
+    use_decimal=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+)
+
+
 def encode_body(body: Mapping[str, Any]) -> bytes:
     """Compact UTF-8 JSON, key order kept, unicode unescaped, numbers exactly as they were parsed."""
     try:
-        text: str = simplejson.dumps(
-            body, use_decimal=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        )
+        text: str = _ENCODER.encode(body)
     except RecursionError:  # parsed a little higher up the stack than it is written here
         raise BadRequest(_TOO_DEEP) from None
     return text.encode("utf-8")

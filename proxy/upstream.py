@@ -1,24 +1,22 @@
 """The connection to BPOC: the outgoing header set, the agency key, sending, and mapping client errors.
 
-The forwarding engine is aiohttp, not httpx: on the forwarding path httpx.AsyncClient measured ~350 requests/s
-against ~7,000 for aiohttp on this project's benchmark (README, "Performance"). This is the only module that sees
-aiohttp's exceptions; they leave it as BadGateway or GatewayTimeout.
+The forwarding engine is our own lean HTTP/1.1 client (``engine.py``), chosen by measurement: on this project's
+benchmark httpx.AsyncClient forwarded ~350 requests/s, aiohttp ~5,000-7,000, the engine more than twice aiohttp
+(README, "Performance"). httpx stays where it is not the bottleneck: the portal and the recruiter directory.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import ssl
 import time
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-import aiohttp
-from yarl import URL
-
+from .engine import Engine, EngineResponse
 from .errors import BadGateway, ConfigError, GatewayTimeout
 from .settings import IPNetwork, Settings, read_secret_file
 
@@ -178,35 +176,28 @@ class ApiKey:
 
 
 class Upstream:
-    """One aiohttp session to BPOC per worker, with the proxy's timeouts and no client-side magic."""
+    """The connection pool to BPOC for one worker, with the proxy's timeout and no client-side magic."""
 
     def __init__(self, settings: Settings, api_key: ApiKey) -> None:
-        self._base = settings.bpoc_base_url
+        parts = urlsplit(settings.bpoc_base_url)
+        self._scheme = parts.scheme
+        self._host = parts.hostname or ""
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._api_key = api_key
         self._proxy = settings.upstream_proxy
-        self._timeout_seconds = settings.upstream_timeout
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=settings.upstream_timeout, sock_read=settings.upstream_timeout
-        )
-        self._ssl: ssl.SSLContext | bool = True
-        if settings.ssl_cert_file is not None:
-            self._ssl = ssl.create_default_context(cafile=str(settings.ssl_cert_file))
-        self._session: aiohttp.ClientSession | None = None
+        self._timeout = settings.upstream_timeout
+        self._ssl: ssl.SSLContext | None = None
+        if parts.scheme == "https":
+            cafile = str(settings.ssl_cert_file) if settings.ssl_cert_file else None
+            self._ssl = ssl.create_default_context(cafile=cafile)
+        self._engine: Engine | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ssl=self._ssl, enable_cleanup_closed=False)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            auto_decompress=False,  # bytes pass as they are; Content-Encoding stays true to them
-            cookie_jar=aiohttp.DummyCookieJar(),  # cookies belong to the clients, not to the proxy
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            raise_for_status=False,
-        )
+        self._engine = Engine(self._scheme, self._host, self._port, ssl_context=self._ssl, proxy=self._proxy)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._engine is not None:
+            await self._engine.aclose()
 
     async def send(
         self,
@@ -214,48 +205,29 @@ class Upstream:
         target: str,
         headers: Headers,
         body: bytes | AsyncIterable[bytes] | None,
-    ) -> aiohttp.ClientResponse:
-        """Send one request to BPOC and return the response with its body unread. Never retries, never follows."""
-        assert self._session is not None, "Upstream.start() was not awaited"
-        headers.append(("x-api-key", self._api_key.get()))
-        if isinstance(body, bytes):
-            headers.append(("content-length", str(len(body))))
-        try:
-            return await self._session.request(
-                method,
-                URL(self._base + target, encoded=True),
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                proxy=self._proxy,
-            )
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise GatewayTimeout(
-                f"BPOC did not answer within PROXY_UPSTREAM_TIMEOUT ({self._timeout_seconds:g} s)"
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise BadGateway(f"BPOC could not be reached: {_describe(exc)}") from exc
+    ) -> EngineResponse:
+        """Send one request to BPOC and return the response with its body unread. Never retries, never follows.
 
-    async def stream(self, response: aiohttp.ClientResponse) -> AsyncIterable[bytes]:
+        A bytes body gets its Content-Length from the engine; a streamed one keeps the client's, if it had one.
+        """
+        assert self._engine is not None, "Upstream.start() was not awaited"
+        headers.append(("x-api-key", self._api_key.get()))
+        try:
+            return await self._engine.request(method, target, headers, body, self._timeout)
+        except GatewayTimeout as exc:
+            raise GatewayTimeout(
+                f"BPOC did not answer within PROXY_UPSTREAM_TIMEOUT ({self._timeout:g} s)"
+            ) from exc
+        except BadGateway as exc:
+            raise BadGateway(f"BPOC could not be reached: {exc.message}") from exc
+
+    async def stream(self, response: EngineResponse) -> AsyncIterator[bytes]:
         """The response body as it arrives, raw; a failure mid-body is re-raised as BadGateway/GatewayTimeout."""
         try:
-            async for chunk in response.content.iter_any():
+            async for chunk in response.iter_body():
                 yield chunk
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except GatewayTimeout as exc:
             raise GatewayTimeout("BPOC stopped sending the response body") from exc
-        except aiohttp.ClientError as exc:
-            raise BadGateway(f"BPOC broke off the response: {_describe(exc)}") from exc
 
-    async def read(self, response: aiohttp.ClientResponse) -> bytes:
-        chunks = [chunk async for chunk in self.stream(response)]
-        return b"".join(chunks)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return "the connection was refused or the host is unknown"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the server closed the connection"
-    if isinstance(exc, asyncio.CancelledError):
-        return "the request was cancelled"
-    return exc.__class__.__name__
+    async def read(self, response: EngineResponse) -> bytes:
+        return await response.read()
