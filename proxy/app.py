@@ -33,6 +33,7 @@ from .upstream import ApiKey, Upstream
 log = logging.getLogger("proxy.app")
 
 OWN_PATHS = frozenset({"/healthz", "/readyz"})
+WARM_UP_SECONDS = 3.0
 
 
 class ProxyApp:
@@ -80,7 +81,8 @@ class ProxyApp:
     async def startup(self) -> None:
         await self.upstream.start()
         await self.authenticator.start()
-        self._spawn(self._first_sync())
+        await self._warm_directory()
+        self._spawn(self.directory.run_sync())
         self._spawn(self._flush_logs())
         if self.settings.rules_reload:
             self._spawn(self.rules.watch(self.settings.rules_reload_interval))
@@ -110,13 +112,21 @@ class ProxyApp:
     def _spawn(self, coroutine: Any) -> None:
         self._tasks.append(asyncio.create_task(coroutine))
 
-    async def _first_sync(self) -> None:
-        """Warm the directory so the first attributed requests do not wait, then keep it fresh."""
-        try:
-            await self.directory.refresh()
-        except Exception as exc:
-            log.warning("the first recruiter directory sync failed; retrying in the background: %s", exc)
-        await self.directory.run_sync()
+    async def _warm_directory(self) -> None:
+        """Load BPOC's directory before serving, so the first attributed requests do not wait for it.
+
+        Waits at most WARM_UP_SECONDS: a slow or absent BPOC must not keep the proxy from starting; the fetch
+        then finishes (or fails, and is retried on demand) in the background.
+        """
+        warm = asyncio.ensure_future(self.directory.refresh())
+        done, _ = await asyncio.wait({warm}, timeout=WARM_UP_SECONDS)
+        if warm not in done:
+            self._tasks.append(warm)
+            log.warning("BPOC's recruiter directory is slow to answer; starting without it")
+        elif warm.exception() is not None:
+            log.warning(
+                "the first recruiter directory load failed; it is retried on demand: %s", warm.exception()
+            )
 
     async def _flush_logs(self) -> None:
         while True:
