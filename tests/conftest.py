@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +93,31 @@ def auth(email: str = "bob@agency.example", **claims: object) -> dict[str, str]:
 def client() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=30, trust_env=False) as c:
         yield c
+
+
+class FakeTimer:
+    """A monotonic clock that moves only when told (cachetools' tests/test_ttl.py does the same)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def timer() -> FakeTimer:
+    return FakeTimer()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client for tests that drive the proxy's modules directly."""
+    async with httpx.AsyncClient(trust_env=False) as client:
+        yield client
 
 
 @dataclass

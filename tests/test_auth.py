@@ -9,7 +9,7 @@ import asyncio
 import dataclasses
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -36,19 +36,6 @@ RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 RSA_KEY_2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
 ED_KEY = ed25519.Ed25519PrivateKey.generate()
-
-
-class FakeTimer:
-    """A monotonic clock that moves only when told (cachetools' tests/test_ttl.py does the same)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Portal:
@@ -105,17 +92,6 @@ def portal(portal_server: tuple[Portal, str]) -> Portal:
 @pytest.fixture
 def portal_url(portal_server: tuple[Portal, str]) -> str:
     return portal_server[1]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(trust_env=False) as client:
-        yield client
-
-
-@pytest.fixture
-def timer() -> FakeTimer:
-    return FakeTimer()
 
 
 def closed_port_url() -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -30,20 +30,11 @@ from proxy.recruiters import (
 from proxy.sandbox.server import bind_socket, serve_in_thread
 from proxy.settings import Settings
 
+from .conftest import FakeTimer
+
 API_KEY = "agency-key-for-tests"
 ALICE_ID = "0b5a1f0e-0000-4000-8000-00000000a11c"
 CAROL_ID = "0b5a1f0e-0000-4000-8000-0000000ca201"
-
-
-class FakeTimer:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Bpoc:
@@ -127,17 +118,6 @@ def bpoc(bpoc_server: tuple[Bpoc, str]) -> Bpoc:
 @pytest.fixture
 def bpoc_url(bpoc_server: tuple[Bpoc, str]) -> str:
     return bpoc_server[1]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(trust_env=False) as client:
-        yield client
-
-
-@pytest.fixture
-def timer() -> FakeTimer:
-    return FakeTimer()
 
 
 def make_settings(bpoc_url: str, **changes: Any) -> Settings:
