@@ -178,16 +178,16 @@ class JwtAuthenticator(Authenticator):
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise AuthenticationError("the session token is malformed") from None
+            raise AuthenticationError("The session token is malformed") from None
         alg = header.get("alg")
         if isinstance(alg, str) and alg in self._algorithms:
             return alg, header
         if not isinstance(alg, str) or alg.lower() == "none":
-            raise AuthenticationError("the session token is unsigned (alg none), which is refused")
+            raise AuthenticationError("The session token is unsigned (alg none), which is refused")
         named = alg if _PRINTABLE_ALG.fullmatch(alg) else "an unknown algorithm"
         accepted = ", ".join(self._algorithms)
         raise AuthenticationError(
-            f"the session token is signed with {named}, but only {accepted} are accepted"
+            f"The session token is signed with {named}, but only {accepted} are accepted"
         )
 
     def _decode(self, token: str, key: str | jwt.PyJWK, alg: str) -> dict[str, Any]:
@@ -220,29 +220,29 @@ class JwtAuthenticator(Authenticator):
 def _jwt_refusal(exc: jwt.PyJWTError) -> str:
     """One sentence for a refused JWT; the order matters, as PyJWT's errors subclass each other."""
     if isinstance(exc, jwt.ExpiredSignatureError):
-        return "the session token has expired"
+        return "The session token has expired"
     if isinstance(exc, jwt.ImmatureSignatureError):
-        return "the session token is not valid yet"
+        return "The session token is not valid yet"
     if isinstance(exc, jwt.InvalidSignatureError):
-        return "the session token's signature is invalid"
+        return "The session token's signature is invalid"
     if isinstance(exc, jwt.MissingRequiredClaimError):
-        return f"the session token lacks the required {exc.claim!r} claim"
+        return f"The session token lacks the required {exc.claim!r} claim"
     if isinstance(exc, jwt.InvalidAudienceError):
-        return "the session token is meant for another audience"
+        return "The session token is meant for another audience"
     if isinstance(exc, jwt.InvalidIssuerError):
-        return "the session token was issued by another issuer"
+        return "The session token was issued by another issuer"
     if isinstance(exc, jwt.InvalidAlgorithmError):
-        return "the session token is signed with an algorithm its key does not allow"
+        return "The session token is signed with an algorithm its key does not allow"
     if isinstance(exc, jwt.DecodeError):
-        return "the session token is malformed"
-    return "the session token is invalid"
+        return "The session token is malformed"
+    return "The session token is invalid"
 
 
 def _principal_from_claims(settings: Settings, claims: Mapping[str, Any]) -> Principal:
     user_id = _user_id(claims.get(settings.claim_user_id))
     if user_id is None:
         raise AuthenticationError(
-            f"the session token does not name a user (claim {settings.claim_user_id!r})"
+            f"The session token does not name a user (claim {settings.claim_user_id!r})"
         )
     return Principal(
         user_id=user_id,
@@ -299,13 +299,13 @@ class IntrospectionAuthenticator(Authenticator):
     async def _ask(self, token: str) -> Principal:
         response = await self._request(token)
         if response.status_code in (401, 403):
-            refusal = "the portal does not recognise this session (it may have expired or been signed out)"
+            refusal = "The portal does not recognise this session (it may have expired or been signed out)"
             self._refused[token] = refusal
             raise AuthenticationError(refusal)
         if response.status_code != 200:
-            log.warning("the portal session service answered %s", response.status_code)
+            log.warning("The portal session service answered %s", response.status_code)
             raise ServiceUnavailable(
-                "the portal session service is failing, so the session cannot be checked"
+                "The portal session service is failing, so the session cannot be checked"
             )
         principal = self._principal(response)
         self._valid[token] = principal
@@ -322,7 +322,7 @@ class IntrospectionAuthenticator(Authenticator):
                 "PORTAL_SESSION_URL cannot be reached", extra={"fields": {"error": type(exc).__name__}}
             )
             raise ServiceUnavailable(
-                "the portal session service cannot be reached, so the session cannot be checked"
+                "The portal session service cannot be reached, so the session cannot be checked"
             ) from exc
 
     @staticmethod
@@ -333,8 +333,8 @@ class IntrospectionAuthenticator(Authenticator):
             answer = None
         user_id = _user_id(answer.get("userId")) if isinstance(answer, dict) else None
         if answer is None or user_id is None:
-            log.warning("the portal session service answered 200 without a JSON object carrying a userId")
-            raise ServiceUnavailable("the portal session service gave an answer the proxy cannot read")
+            log.warning("The portal session service answered 200 without a JSON object carrying a userId")
+            raise ServiceUnavailable("The portal session service gave an answer the proxy cannot read")
         return Principal(
             user_id=user_id,
             email=_text(answer.get("email")),

@@ -21,7 +21,7 @@ JWKS_REFETCH_INTERVAL = 60.0
 #: With no keys at all, a failed key-set fetch is not retried sooner than this: a down portal is not hammered.
 JWKS_RETRY_AFTER_FAILURE = 1.0
 
-_KEYS_UNAVAILABLE = "the portal's signing keys cannot be fetched, so the session cannot be checked"
+_KEYS_UNAVAILABLE = "The portal's signing keys cannot be fetched, so the session cannot be checked"
 
 
 class JwksKeys:
@@ -66,7 +66,7 @@ class JwksKeys:
                 pass  # keep the keys we have; the unknown kid is refused below
         key = self._find(kid, alg)
         if key is None:
-            raise AuthenticationError("the session token is signed with a key the portal does not publish")
+            raise AuthenticationError("The session token is signed with a key the portal does not publish")
         return key
 
     def _find(self, kid: Any, alg: str) -> jwt.PyJWK | None:

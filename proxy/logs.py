@@ -20,6 +20,7 @@ access = logging.getLogger("proxy.access")
 audit = logging.getLogger("proxy.audit")
 
 FLUSH_INTERVAL = 0.25
+_PER_REQUEST = frozenset({"proxy.access", "proxy.audit"})
 
 # The logging HOWTO's "Optimization" switches: we never print the caller, thread or process of a record.
 logging._srcfile = None
@@ -69,7 +70,8 @@ class BufferedStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         try:
             self.stream.write(self.format(record) + "\n")
             now = time.monotonic()
-            if record.levelno >= logging.WARNING or now - self._flushed >= FLUSH_INTERVAL:
+            # Only the per-request lines wait in the buffer; anything else goes out at once.
+            if record.name not in _PER_REQUEST or now - self._flushed >= FLUSH_INTERVAL:
                 self.flush()
                 self._flushed = now
         except Exception:

@@ -69,21 +69,21 @@ async def fetch_directory(
         )
     except httpx.HTTPError as exc:
         raise ServiceUnavailable(
-            f"the BPOC recruiter directory cannot be reached ({type(exc).__name__})"
+            f"The BPOC recruiter directory cannot be reached ({type(exc).__name__})"
         ) from exc
     if response.status_code in (401, 403):
         raise ServiceUnavailable(
             f"BPOC refused the agency API key when listing recruiters (HTTP {response.status_code})"
         )
     if not response.is_success:
-        raise ServiceUnavailable(f"the BPOC recruiter directory answered HTTP {response.status_code}")
+        raise ServiceUnavailable(f"The BPOC recruiter directory answered HTTP {response.status_code}")
     try:
         document = response.json()
     except ValueError:
         document = None
     entries = document.get("recruiters") if isinstance(document, dict) else None
     if not isinstance(entries, list):
-        raise ServiceUnavailable("the BPOC recruiter directory gave an answer without a list of recruiters")
+        raise ServiceUnavailable("The BPOC recruiter directory gave an answer without a list of recruiters")
     return [recruiter for recruiter in map(_recruiter, entries) if recruiter is not None]
 
 
@@ -237,7 +237,7 @@ class RecruiterDirectory:
         """refresh(), except within DIRECTORY_RETRY_AFTER_FAILURE seconds of a failure, which fails at once:
         while BPOC is down, requests get stale entries (or a 503) without each adding another failed call."""
         if self._failed_at is not None and self._timer() - self._failed_at < DIRECTORY_RETRY_AFTER_FAILURE:
-            raise ServiceUnavailable("the BPOC recruiter directory cannot be reached; retrying shortly")
+            raise ServiceUnavailable("The BPOC recruiter directory cannot be reached; retrying shortly")
         await self.refresh()
 
     async def run_sync(self) -> None:
@@ -280,7 +280,7 @@ class RecruiterDirectory:
         entry = self._stale.get(email)
         if entry is None or self._timer() - entry[1] > self._settings.recruiter_stale_ttl:
             raise ServiceUnavailable(
-                "the BPOC recruiter directory cannot be reached, so your recruiter ID cannot be looked up"
+                "The BPOC recruiter directory cannot be reached, so your recruiter ID cannot be looked up"
             )
         log.warning(
             "BPOC directory unavailable; serving a stale recruiter entry", extra={"fields": {"email": email}}
@@ -314,7 +314,7 @@ class RecruiterDirectory:
     async def _provision(self, principal: Principal, email: str) -> Recruiter:
         if not self._settings.recruiter_auto_provision:
             raise Forbidden(
-                f"your portal account ({email}) has no BPOC recruiter ID, as no active recruiter of this "
+                f"Your portal account ({email}) has no BPOC recruiter ID, as no active recruiter of this "
                 "agency in BPOC has that email; ask an agency admin to invite you to BPOC or to store your "
                 "bpoc_recruiter_id in the portal"
             )
@@ -347,7 +347,7 @@ class RecruiterDirectory:
             if response.status_code >= 500 or response.is_success:
                 raise ServiceUnavailable("BPOC could not create your recruiter account; try again shortly")
             raise Forbidden(
-                f"your portal account ({email}) has no BPOC recruiter ID and BPOC refused to create one "
+                f"Your portal account ({email}) has no BPOC recruiter ID and BPOC refused to create one "
                 f"(HTTP {response.status_code}); ask an agency admin to invite you to BPOC"
             )
         recruiter = Recruiter(
@@ -375,7 +375,7 @@ class RecruiterDirectory:
 def _email(principal: Principal) -> str:
     if principal.email is None:
         raise Forbidden(
-            "your portal session carries neither a BPOC recruiter ID nor an email, so no BPOC recruiter can "
+            "Your portal session carries neither a BPOC recruiter ID nor an email, so no BPOC recruiter can "
             "be found for you; ask the portal administrator to include one of them in the session"
         )
     return principal.email.lower()
