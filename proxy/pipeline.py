@@ -20,6 +20,7 @@ import simplejson
 
 from . import logs
 from .auth import Authenticator, Principal, extract_token
+from .cors import Cors
 from .engine import EngineResponse
 from .errors import AuthenticationError, Forbidden, PayloadTooLarge, ProxyError
 from .paths import METHOD_OVERRIDE_HEADERS, check_method_override, normalise_path
@@ -79,9 +80,12 @@ class Pipeline:
         self._upstream = upstream
         self._session_header = settings.session_header.lower().encode("latin-1")
         self._drop = frozenset({settings.session_header.lower()})
+        self._cors = Cors(settings.cors_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = Exchange(_request_id(scope["headers"]), scope["method"], scope["path"])
+        if self._cors.enabled:
+            exchange.extra_headers.extend(self._cors.headers_for(scope["headers"]))
         try:
             await self._handle(scope, receive, send, exchange)
         except ProxyError as exc:
@@ -100,6 +104,9 @@ class Pipeline:
     async def _handle(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
         method: str = scope["method"]
         headers: list[tuple[bytes, bytes]] = scope["headers"]
+        if self._cors.enabled and (preflight := self._cors.preflight(method, headers)) is not None:
+            await _send_whole(send, exchange, 204, preflight, b"")  # answered here, never forwarded
+            return
         path = normalise_path(scope.get("raw_path") or scope["path"].encode("utf-8"))
         exchange.path = path
         if any(name in _OVERRIDE_NAMES for name, _ in headers):
@@ -209,7 +216,8 @@ class Pipeline:
         if any(marker.encode() in answer for marker in _STALE_RECRUITER):
             new_id = await self._directory.resync(principal, identity.recruiter_id)
         if new_id is None:
-            await _send_whole(send, exchange, response.status, response_headers(response.raw_headers), answer)
+            headers = response_headers(response.raw_headers, drop_cors=self._cors.enabled)
+            await _send_whole(send, exchange, response.status, headers, answer)
             return
         log.warning(
             "BPOC refused a stale recruiter ID; replaying once with the re-synced ID",
@@ -238,7 +246,7 @@ class Pipeline:
         self, response: EngineResponse, receive: Receive, send: Send, exchange: Exchange
     ) -> None:
         """Send BPOC's answer on: small bodies in one message, large or unknown ones streamed."""
-        headers = response_headers(response.raw_headers)
+        headers = response_headers(response.raw_headers, drop_cors=self._cors.enabled)
         length = response.content_length
         try:
             if length is not None and length <= _SMALL_BODY:

@@ -43,6 +43,7 @@ class Settings:
     upstream_timeout: float = 30.0
     max_body_bytes: int = 1024 * 1024
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    cors_origins: tuple[str, ...] = ()
     log_level: str = "info"
     access_log: bool = True
 
@@ -96,6 +97,7 @@ class Settings:
             upstream_timeout=env.number("PROXY_UPSTREAM_TIMEOUT", 30.0, minimum=0.001),
             max_body_bytes=env.integer("PROXY_MAX_BODY_BYTES", 1024 * 1024, minimum=1),
             trusted_proxies=_networks(env.text("PROXY_TRUSTED_PROXIES", "")),
+            cors_origins=_origins(env.text("PROXY_CORS_ORIGINS", "")),
             log_level=env.choice(
                 "PROXY_LOG_LEVEL", "info", ("critical", "error", "warning", "info", "debug")
             ),
@@ -268,6 +270,19 @@ def _ssl_cert_file(env: _Env) -> Path | None:
     if not Path(value).is_file():
         raise ConfigError(f"SSL_CERT_FILE names {value!r}, which is not a readable file")
     return Path(value)
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    origins = []
+    for item in filter(None, (part.strip().rstrip("/") for part in value.split(","))):
+        parts = urlsplit(item)
+        if item == "*" or parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+            raise ConfigError(
+                "PROXY_CORS_ORIGINS must list origins such as https://portal.example.com "
+                f"(no '*': sessions are credentials), got {item!r}"
+            )
+        origins.append(item)
+    return tuple(origins)
 
 
 def _networks(value: str) -> tuple[IPNetwork, ...]:

@@ -124,14 +124,16 @@ def _without_cookie(header: str, name: str) -> str:
 
 
 def response_headers(
-    raw: Iterable[tuple[bytes, bytes]], *, body_changed: bool = False
+    raw: Iterable[tuple[bytes, bytes]], *, drop_cors: bool = False
 ) -> list[tuple[bytes, bytes]]:
-    """BPOC's response headers as the client should see them: hop-by-hop removed, nothing else touched."""
+    """BPOC's response headers as the client should see them: hop-by-hop removed, and BPOC's CORS headers when
+    the proxy answers CORS itself; nothing else touched."""
     raw = list(raw)
     skip = {name.encode() for name in HOP_BY_HOP | connection_tokens(raw)}
-    if body_changed:
-        skip |= {b"content-length", b"content-encoding"}
-    return [(name.lower(), value) for name, value in raw if name.lower() not in skip]
+    kept = [(name.lower(), value) for name, value in raw if name.lower() not in skip]
+    if drop_cors:
+        kept = [(name, value) for name, value in kept if not name.startswith(b"access-control-")]
+    return kept
 
 
 class ApiKey:
