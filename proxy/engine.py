@@ -253,7 +253,12 @@ class EngineResponse:
         """The body bytes as they arrive; raises BadGateway or GatewayTimeout if the body breaks off."""
         while True:
             if self._chunks:
-                data = self._chunks.popleft()
+                # Whatever arrived while the consumer was busy goes out as one piece: fewer, larger sends.
+                if len(self._chunks) == 1:
+                    data = self._chunks.popleft()
+                else:
+                    data = b"".join(self._chunks)
+                    self._chunks.clear()
                 self._queued -= len(data)
                 if self._read_paused and self._queued <= _LOW_WATER and self._conn.transport is not None:
                     self._read_paused = False
