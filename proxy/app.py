@@ -21,7 +21,7 @@ from starlette.routing import Route, Router
 
 from . import __version__, logs
 from .auth import build_authenticator
-from .errors import ConfigError
+from .errors import ConfigError, MethodNotAllowed
 from .pipeline import Pipeline, Receive, Scope, Send
 from .recruiters import RecruiterDirectory
 from .reload import RulesHolder
@@ -55,7 +55,12 @@ class ProxyApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            if scope["path"] in OWN_PATHS:
+            if scope["path"] in OWN_PATHS and scope["method"] not in ("GET", "HEAD"):
+                error = MethodNotAllowed(
+                    f"{scope['path']} answers GET and HEAD only.", headers={"Allow": "GET, HEAD"}
+                )
+                await self.pipeline.refuse(scope, send, error)
+            elif scope["path"] in OWN_PATHS:
                 await self._router(scope, receive, send)
             else:
                 await self.pipeline(scope, receive, send)

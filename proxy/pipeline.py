@@ -101,6 +101,13 @@ class Pipeline:
             if exchange.audit is not None or self._settings.access_log:
                 _log_exchange(exchange)
 
+    async def refuse(self, scope: Scope, send: Send, error: ProxyError) -> None:
+        """Answer with ``error`` at once, as every refusal is answered: JSON, request id, one log line."""
+        exchange = Exchange(_request_id(scope["headers"]), scope["method"], scope["path"])
+        await _send_error(send, exchange, error)
+        if self._settings.access_log:
+            _log_exchange(exchange)
+
     async def _handle(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
         method: str = scope["method"]
         headers: list[tuple[bytes, bytes]] = scope["headers"]

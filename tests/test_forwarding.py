@@ -380,3 +380,17 @@ def test_chunked_upload_passes_chunked(proxy_url: str, client: httpx.Client, bpo
     response = client.post(proxy_url + "/_sandbox/upload", headers=auth(), content=body())
     assert response.json()["size"] == 2000
     assert bpoc_state.requests_to("/_sandbox/upload")[-1].header("transfer-encoding") == "chunked"
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_own_endpoints_answer_json_and_refuse_other_methods(
+    proxy_url: str, client: httpx.Client, bpoc_state: BpocState, path: str
+) -> None:
+    """/healthz and /readyz answer GET without a session, refuse other methods in JSON, and are never forwarded."""
+    bpoc_state.reset_requests()
+    assert client.get(proxy_url + path).status_code == 200
+    refused = client.post(proxy_url + path)
+    assert refused.status_code == 405
+    assert refused.headers["allow"] == "GET, HEAD"
+    assert refused.json()["requestId"] == refused.headers["x-request-id"]
+    assert [r for r in bpoc_state.requests if r.path == path] == []
