@@ -222,7 +222,14 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 async def _raw_server(handler: Handler) -> AsyncIterator[Engine]:
     """An asyncio server that answers with whatever bytes ``handler`` writes; yields an engine pointed at it."""
 
+    writers: list[asyncio.StreamWriter] = []
+    handlers: list[asyncio.Task[None]] = []
+
     async def guarded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        writers.append(writer)
         try:
             await handler(reader, writer)
         finally:
@@ -234,6 +241,11 @@ async def _raw_server(handler: Handler) -> AsyncIterator[Engine]:
         yield engine
     finally:
         await engine.aclose()
+        # Finish the handlers here rather than leave them to the event loop's teardown (ResourceWarnings).
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
         server.close()
         await server.wait_closed()
 
@@ -335,7 +347,14 @@ async def _forward_proxy(log: list[bytes]) -> AsyncIterator[str]:
         finally:
             writer.close()
 
+    writers: list[asyncio.StreamWriter] = []
+    handlers: list[asyncio.Task[None]] = []
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        writers.append(writer)
         head = await reader.readuntil(b"\r\n\r\n")
         log.append(head)
         method, target = head.split(b" ")[:2]
@@ -345,6 +364,7 @@ async def _forward_proxy(log: list[bytes]) -> AsyncIterator[str]:
             parts = urlsplit(target.decode())
             host, port = parts.hostname or "", str(parts.port)
         up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        writers.append(up_writer)
         if method == b"CONNECT":
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         else:
@@ -355,6 +375,12 @@ async def _forward_proxy(log: list[bytes]) -> AsyncIterator[str]:
     try:
         yield f"http://user:p%40ss@127.0.0.1:{server.sockets[0].getsockname()[1]}"
     finally:
+        # Close every relayed connection ourselves and wait for the relays: a connection left to the event
+        # loop's teardown is a ResourceWarning (an upstream keep-alive connection outlives the test).
+        for open_writer in writers:
+            open_writer.close()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
         server.close()
         await server.wait_closed()
 
