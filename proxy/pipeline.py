@@ -21,14 +21,14 @@ import simplejson
 from . import logs
 from .auth import Authenticator, Principal, extract_token
 from .cors import Cors
-from .engine import EngineResponse
+from .engine import EngineResponse, Headers
 from .errors import AuthenticationError, Forbidden, PayloadTooLarge, ProxyError
 from .paths import METHOD_OVERRIDE_HEADERS, check_method_override, normalise_path
 from .recruiters import RecruiterDirectory
 from .rewrite import Caller, Plan, apply, check_query, decode_body, encode_body, plan
-from .rules import Match, Rule, RuleSet
+from .rules import Rule, RuleSet
 from .settings import Settings
-from .upstream import Client, Headers, Upstream, is_trusted, request_headers, response_headers
+from .upstream import Client, Upstream, is_trusted, request_headers, response_headers
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -133,7 +133,7 @@ class Pipeline:
             await self._attributed(match.rule, principal, scope, receive, send, exchange, target, outgoing)
             return
         if match is not None and match.roles:
-            await self._require_role(match, principal)
+            await self._require_role(match.roles, principal)
         await self._pass_through(method, target, outgoing, _body_length(headers), receive, send, exchange)
 
     async def _authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal:
@@ -151,22 +151,21 @@ class Pipeline:
             )
         return await self._auth.authenticate(token)
 
-    async def _require_role(self, match: Match, principal: Principal | None) -> None:
+    async def _require_role(self, roles: frozenset[str], principal: Principal | None) -> None:
         if principal is None:
             raise AuthenticationError("This route requires a portal session.", error="invalid_request")
         role = await self._directory.role_of(principal)  # the session's role, else the directory's (cached)
-        if role not in match.roles:
-            allowed = ", ".join(sorted(match.roles))
+        if role not in roles:
+            allowed = ", ".join(sorted(roles))
             raise Forbidden(
                 f"This route requires one of the roles {allowed}; your role is {role or 'not set'}."
             )
 
     def _outgoing_headers(self, scope: Scope, exchange: Exchange) -> Headers:
         client_host = scope["client"][0] if scope.get("client") else None
-        server_host = next((v.decode("latin-1") for n, v in scope["headers"] if n == b"host"), None)
         return request_headers(
             scope["headers"],
-            client=Client(client_host, scope.get("scheme", "http"), server_host),
+            client=Client(client_host, scope.get("scheme", "http")),
             trusted=is_trusted(client_host, self._settings.trusted_proxies),
             drop=self._drop,
             session_cookie=self._settings.session_cookie,
@@ -193,7 +192,7 @@ class Pipeline:
         body = decode_body(raw, content_type, content_encoding, self._settings.max_body_bytes)
         identity = await self._directory.resolve(principal) if rule.needs_recruiter else None
         if rule.roles:
-            await self._require_role(Match(rule=rule, route=None, params={}), principal)
+            await self._require_role(rule.roles, principal)
 
         rewritten = [(n, v) for n, v in outgoing if n not in ("content-encoding", "content-type")]
         rewritten.append(("content-type", content_type or "application/json"))

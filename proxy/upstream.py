@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .engine import Engine, EngineResponse
+from .engine import Engine, EngineResponse, Headers
 from .errors import BadGateway, ConfigError, GatewayTimeout
 from .settings import IPNetwork, Settings, read_secret_file
 
@@ -40,7 +40,6 @@ _REQUEST_OWNED = frozenset(
     | {"x-forwarded-host", "x-forwarded-port", "forwarded", "x-real-ip"}
 )
 
-Headers = list[tuple[str, str]]
 RawHeaders = Iterable[tuple[bytes, bytes]]
 
 
@@ -50,7 +49,6 @@ class Client:
 
     host: str | None
     scheme: str
-    server_host: str | None
 
 
 def connection_tokens(headers: RawHeaders) -> frozenset[str]:
@@ -89,11 +87,13 @@ def request_headers(
     raw = list(raw)
     skip = HOP_BY_HOP | _REQUEST_OWNED | drop | connection_tokens(raw)
     out: Headers = []
-    forwarded_for = forwarded_proto = forwarded_host = None
+    forwarded_for = forwarded_proto = forwarded_host = server_host = None
     for name_bytes, value_bytes in raw:
         name = name_bytes.decode("latin-1").lower()
         value = value_bytes.decode("latin-1")
-        if trusted and name == "x-forwarded-for":
+        if name == "host":
+            server_host = value  # the host the client asked for: X-Forwarded-Host, unless a proxy set one
+        elif trusted and name == "x-forwarded-for":
             forwarded_for = f"{forwarded_for}, {value}" if forwarded_for else value
         elif trusted and name == "x-forwarded-proto":
             forwarded_proto = value
@@ -112,8 +112,8 @@ def request_headers(
     if forwarded_for:
         out.append(("x-forwarded-for", forwarded_for))
     out.append(("x-forwarded-proto", forwarded_proto or client.scheme))
-    if forwarded_host or client.server_host:
-        out.append(("x-forwarded-host", forwarded_host or client.server_host or ""))
+    if forwarded_host or server_host:
+        out.append(("x-forwarded-host", forwarded_host or server_host or ""))
     out.append(("x-request-id", request_id))
     return out
 
