@@ -3,9 +3,10 @@
 Callers pass structured fields with ``extra={"fields": {...}}``. Nothing secret is ever handed to a logger: the
 API key and session tokens stay out of every message by construction, not by filtering.
 
-Every request writes a line (two on attributed routes), so the path is kept cheap: no caller lookup, a cached
-timestamp prefix, and a buffered stream flushed every quarter second, on warnings, and at shutdown, much as
-nginx's ``access_log ... buffer=`` does.
+Every request writes a line, so that line skips the logging module's record machinery when it can
+(``request_line``): under ``bpoc-proxy serve`` it is encoded once and appended to a buffered stream that is
+flushed every quarter second, on warnings, and at shutdown, much as nginx's ``access_log ... buffer=`` does.
+Levels, and any handlers a test or an embedding program adds, are still honoured.
 """
 
 from __future__ import annotations
@@ -29,33 +30,40 @@ logging.logProcesses = False
 logging.logMultiprocessing = False
 
 
-class JsonFormatter(logging.Formatter):
+class _Timestamps:
+    """ISO 8601 UTC with milliseconds; the part up to the second is formatted once a second, not per line."""
+
     def __init__(self) -> None:
-        super().__init__()
-        self._encode = json.JSONEncoder(ensure_ascii=False, default=str).encode  # built once, not per line
         self._second = -1
         self._stamp = ""
 
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": self._timestamp(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return self._encode(entry)
-
-    def _timestamp(self, created: float) -> str:
+    def __call__(self, created: float) -> str:
         second = int(created)
         if second != self._second:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
+
+
+_timestamp = _Timestamps()
+_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode  # built once, not per line
+
+
+def json_line(created: float, level: str, logger: str, msg: str, fields: dict[str, Any] | None) -> str:
+    """The one layout of every log line: ts, level, logger, msg, then the structured fields."""
+    entry: dict[str, Any] = {"ts": _timestamp(created), "level": level, "logger": logger, "msg": msg}
+    if fields:
+        entry.update(fields)
+    return _encode(entry)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", None)
+        fields = dict(fields) if isinstance(fields, dict) else {}
+        if record.exc_info:
+            fields["exc"] = self.formatException(record.exc_info)
+        return json_line(record.created, record.levelname.lower(), record.name, record.getMessage(), fields)
 
 
 class BufferedStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -68,14 +76,50 @@ class BufferedStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.stream.write(self.format(record) + "\n")
-            now = time.monotonic()
-            # Only the per-request lines wait in the buffer; anything else goes out at once.
-            if record.name not in _PER_REQUEST or now - self._flushed >= FLUSH_INTERVAL:
-                self.flush()
-                self._flushed = now
+            self.write_line(self.format(record), per_request=record.name in _PER_REQUEST)
         except Exception:
             self.handleError(record)
+
+    def write_line(self, line: str, *, per_request: bool) -> None:
+        """Append one formatted line; only the per-request lines wait in the buffer, the rest go out at once."""
+        self.stream.write(line + "\n")
+        now = time.monotonic()
+        if not per_request or now - self._flushed >= FLUSH_INTERVAL:
+            self.flush()
+            self._flushed = now
+
+
+def request_line(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None:
+    """Log the per-request line at INFO: straight into the buffered stderr handler when that is the only place it
+    goes (``bpoc-proxy serve``), through a LogRecord otherwise."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handler = _only_handler(logger)
+    if not isinstance(handler, BufferedStderrHandler) or handler.formatter.__class__ is not JsonFormatter:
+        logger.info("%s", msg, extra={"fields": fields})
+        return
+    line = json_line(time.time(), "info", logger.name, msg, fields)
+    with handler.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+        try:
+            handler.write_line(line, per_request=True)
+        except Exception:
+            handler.handleError(logging.makeLogRecord({"msg": msg, "name": logger.name}))
+
+
+def _only_handler(logger: logging.Logger) -> logging.Handler | None:
+    """The handler a record of ``logger`` would reach, if exactly one would (and no filter could stop it)."""
+    found: list[logging.Handler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters:
+            return None
+        found.extend(current.handlers)
+        if not current.propagate:
+            break
+        current = current.parent
+    if len(found) != 1 or found[0].filters or found[0].level > logging.INFO:
+        return None
+    return found[0]
 
 
 def flush_all() -> None:

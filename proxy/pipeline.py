@@ -404,9 +404,6 @@ def _audit_fields(
 
 def _log_exchange(exchange: Exchange) -> None:
     """One line per request: the access log line, which on attributed routes is also the audit record."""
-    logger = logs.access if exchange.audit is None else logs.audit
-    if not logger.isEnabledFor(logging.INFO):
-        return
     fields: dict[str, Any] = {
         "requestId": exchange.request_id,
         "status": exchange.status,
@@ -415,4 +412,5 @@ def _log_exchange(exchange: Exchange) -> None:
     }
     if exchange.audit is not None:
         fields.update(exchange.audit)
-    logger.info("%s %s %s", exchange.method, exchange.path, exchange.status, extra={"fields": fields})
+    logger = logs.access if exchange.audit is None else logs.audit
+    logs.request_line(logger, f"{exchange.method} {exchange.path} {exchange.status}", fields)
