@@ -126,7 +126,7 @@ def _explain(args: argparse.Namespace) -> int:
     import os
 
     from .paths import normalise_path
-    from .rewrite import Caller, apply, decode_body, encode_body, plan
+    from .rewrite import Caller, decode_body, plan, render
     from .rules_file import load_rules
 
     rules = load_rules(args.rules or Path(os.environ.get("PROXY_RULES") or "rules.yaml"))
@@ -155,7 +155,7 @@ def _explain(args: argparse.Namespace) -> int:
     raw = Path(args.body[1:]).read_bytes() if args.body.startswith("@") else args.body.encode("utf-8")
     try:
         body = decode_body(raw, "application/json", None, 10 * 1024 * 1024)
-        decided = plan(rule, body, Caller(recruiter, args.user_id, args.email), frozenset())
+        decided = plan(rule, body.data, Caller(recruiter, args.user_id, args.email), frozenset())
     except ProxyError as exc:
         print(f"  refused with {exc.status_code}: {exc.message}")
         return 0
@@ -165,7 +165,7 @@ def _explain(args: argparse.Namespace) -> int:
         action = "would log, then forward as sent" if rule.report_only else "refused"
         print(f"  {action}: {decided.refusal.status_code}: {decided.refusal.message}")
         return 0
-    sent = raw if rule.report_only else encode_body(apply(body, decided))
+    sent = raw if rule.report_only else render(body, decided)
     print("  body sent to BPOC:")
     print("  " + (sent.decode("utf-8") or "(empty)"))
     return 0

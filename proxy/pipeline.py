@@ -25,7 +25,7 @@ from .engine import EngineResponse, Headers
 from .errors import AuthenticationError, Forbidden, PayloadTooLarge, ProxyError
 from .paths import METHOD_OVERRIDE_HEADERS, check_method_override, normalise_path
 from .recruiters import RecruiterDirectory
-from .rewrite import Caller, Plan, apply, check_query, decode_body, encode_body, plan
+from .rewrite import Caller, JsonBody, Plan, check_query, decode_body, plan, render
 from .rules import Rule, RuleSet
 from .settings import Settings
 from .upstream import Client, Upstream, is_trusted, request_headers, response_headers
@@ -199,16 +199,14 @@ class Pipeline:
         attribution_id = os.urandom(16).hex()
         exchange.extra_headers.append((b"x-attribution-id", attribution_id.encode()))
 
-        async def attempt(body: dict[str, Any], recruiter_id: str | None) -> EngineResponse:
+        async def attempt(body: JsonBody, recruiter_id: str | None) -> EngineResponse:
             caller = Caller(recruiter_id, principal.user_id, principal.email)
             active = await self._directory.active_ids() if rule.has_reference else frozenset[str]()
-            decided = plan(rule, body, caller, active)
+            decided = plan(rule, body.data, caller, active)
             exchange.audit = _audit_fields(attribution_id, rule, recruiter_id, decided, exchange.audit)
             if rule.report_only:  # the one deliberate exception to failing closed: forward as sent
                 return await self._upstream.send(scope["method"], target, list(outgoing), raw)
-            if decided.refusal is not None:
-                raise decided.refusal
-            sent = encode_body(apply(body, decided))
+            sent = render(body, decided)
             return await self._upstream.send(scope["method"], target, list(rewritten), sent)
 
         response = await attempt(body, identity.recruiter_id if identity else None)

@@ -4,17 +4,18 @@ The pipeline calls them in this order on a rule route::
 
     check_query(rule, query_string)                    # no query parameter may shadow a field
     body = decode_body(raw, content_type, content_encoding, max_bytes)
-    result = plan(rule, body, caller, active_recruiters)
+    result = plan(rule, body.data, caller, active_recruiters)
     # report-only: log result.writes (and result.refusal) and forward the original bytes unchanged
-    if result.refusal is not None: raise result.refusal
-    raw = encode_body(apply(body, result))             # forwarded as plain application/json
+    raw = render(body, result)                          # raises result.refusal; plain application/json
 
 Decoding is strict where parsers disagree, so that the value the proxy checks is the value BPOC reads:
 duplicate keys anywhere are refused (JSON parsers differ on which one wins), as are NaN and Infinity, invalid
 UTF-8 and unpaired surrogate escapes. A UTF-8 byte order mark is stripped (RFC 8259 section 8.1 lets a parser
 ignore it; the re-encoded body carries none). Numbers never pass through a binary float: decimals keep their
 exact spelling (``1.10``, ``1e400``) and integers of any size stay exact. Everything else about the body is
-kept: key order, unicode (written as UTF-8, not ``\\u`` escapes) and values the rule does not touch.
+kept: key order, unicode and values the rule does not touch. When the writes only add top-level fields the
+client did not send (``postedBy`` and the like, the usual case) the client's bytes are forwarded exactly as
+sent, with the new members inserted before the closing brace: nothing is re-encoded.
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ class Write:
 
 
 @dataclass(frozen=True, slots=True)
+class JsonBody:
+    """A decoded request body: the object, and the UTF-8 JSON text it came from (decompressed, no BOM)."""
+
+    data: dict[str, Any]
+    text: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """What a rule does to one body: the writes, and the refusal if the request must not be forwarded."""
 
@@ -68,7 +77,7 @@ class Plan:
 
 def decode_body(
     raw: bytes, content_type: str | None, content_encoding: str | None, max_bytes: int
-) -> dict[str, Any]:
+) -> JsonBody:
     """The JSON object of a request body on a rule route, or a ProxyError (400, 413, 415).
 
     An empty body is an empty object (so a rule can add its fields to a bodiless POST). A non-empty body needs
@@ -80,8 +89,9 @@ def decode_body(
     _check_content_type(content_type, empty=not raw)
     raw = _decompress(raw, content_encoding, max_bytes)
     if not raw:
-        return {}
-    return _parse(raw)
+        return JsonBody({}, b"")
+    text = raw[len(_BOM) :] if raw.startswith(_BOM) else raw
+    return JsonBody(_parse(text), text)
 
 
 def _check_content_type(content_type: str | None, *, empty: bool) -> None:
@@ -152,8 +162,6 @@ def _inflate(data: bytes, wbits: int, max_bytes: int, coding: str) -> bytes:
 
 
 def _parse(raw: bytes) -> dict[str, Any]:
-    if raw.startswith(_BOM):
-        raw = raw[len(_BOM) :]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -250,6 +258,30 @@ _DECODER = simplejson.JSONDecoder(
 _ENCODER = simplejson.JSONEncoder(
     use_decimal=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False
 )
+
+
+def render(body: JsonBody, decided: Plan) -> bytes:
+    """The body to forward, with ``decided``'s writes done; raises its refusal if it has one.
+
+    Writes that only add top-level fields the client did not send go in just before the closing brace of the
+    client's own text, which is otherwise forwarded byte for byte. Anything else (replacing a value the client
+    sent, writing into a nested object, an empty body) re-encodes the object with the writes applied.
+    """
+    if decided.refusal is not None:
+        raise decided.refusal
+    if body.text and all("." not in w.field and w.field not in body.data for w in decided.writes):
+        return _insert_members(body.text, bool(body.data), decided.writes)
+    return encode_body(apply(body.data, decided))
+
+
+def _insert_members(text: bytes, has_members: bool, writes: tuple[Write, ...]) -> bytes:
+    if not writes:
+        return text
+    # The text parsed as one object with nothing after it but JSON whitespace, so this is its closing brace.
+    end = len(text.rstrip(b" \t\r\n")) - 1
+    members = ",".join(f"{_ENCODER.encode(w.field)}:{_ENCODER.encode(w.value)}" for w in writes)
+    separator = "," if has_members else ""
+    return b"".join((text[:end], (separator + members).encode("utf-8"), text[end:]))
 
 
 def encode_body(body: Mapping[str, Any]) -> bytes:

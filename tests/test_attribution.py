@@ -409,14 +409,33 @@ def test_chunked_body_is_read_whole(proxy_url: str, client: httpx.Client, bpoc_s
     assert received.header("content-length") == str(len(received.body))
 
 
-def test_body_keeps_order_unicode_and_exact_numbers(
+BODY_WITH_EVERYTHING = (
+    '{"title": "Développeur 🚀 日本", "salary_min": 123456789012345678901234567890, '
+    '"ratio": 0.1, "fee": 1.10, "tiny": 1e-400, "neg": -0, "z": {"b": 1, "a": 2}}'
+)
+
+
+def test_a_new_field_is_added_and_every_byte_sent_is_kept(
     proxy_url: str, client: httpx.Client, bpoc_state: BpocState
 ) -> None:
-    """Key order, unicode and every number's exact value survive the rewrite."""
-    body = (
-        '{"title": "Développeur 🚀 日本", "salary_min": 123456789012345678901234567890, '
-        '"ratio": 0.1, "fee": 1.10, "tiny": 1e-400, "neg": -0, "z": {"b": 1, "a": 2}}'
-    )
+    """The usual case, a field the client left out: the client's text goes on as sent, plus the field."""
+    for body in (BODY_WITH_EVERYTHING, '\ufeff{"title": "x"}\n\t ', "{ }", '{"a": "\\u00e9"}'):
+        response = client.post(
+            proxy_url + "/api/v1/jobs/create", headers={**auth(), **JSON_HEADERS}, content=body.encode()
+        )
+        assert response.status_code == 201, response.text
+        text = body.removeprefix("\ufeff").rstrip()
+        separator = "" if text == "{ }" else ","
+        expected = f'{text[:-1]}{separator}"postedBy":"{BOB_ID}"}}' + body[len(body.rstrip()) :]
+        assert bpoc_state.requests[-1].body.decode("utf-8") == expected
+
+
+def test_a_replaced_field_keeps_order_unicode_and_exact_numbers(
+    proxy_url: str, client: httpx.Client, bpoc_state: BpocState
+) -> None:
+    """Overwriting a forged value re-encodes the body: key order, unicode and every number's exact value
+    survive it."""
+    body = BODY_WITH_EVERYTHING[:-1] + f', "postedBy": "{ALICE_ID}"}}'
     response = client.post(
         proxy_url + "/api/v1/jobs/create", headers={**auth(), **JSON_HEADERS}, content=body.encode()
     )
@@ -424,7 +443,7 @@ def test_body_keeps_order_unicode_and_exact_numbers(
     raw = bpoc_state.requests[-1].body.decode("utf-8")
     assert raw.startswith('{"title":"Développeur 🚀 日本"')
     assert "123456789012345678901234567890" in raw
-    assert '"ratio":0.1' in raw and '"fee":1.10' in raw and "1E-400" in raw.upper()
+    assert '"ratio":0.1' in raw and '"fee":1.10' in raw and "1E-400" in raw.upper() and '"neg":-0' in raw
     parsed = simplejson.loads(raw, use_decimal=True, object_pairs_hook=list)
     assert [key for key, _ in parsed] == [
         "title",
@@ -436,6 +455,7 @@ def test_body_keeps_order_unicode_and_exact_numbers(
         "z",
         "postedBy",
     ]
+    assert dict(parsed)["postedBy"] == BOB_ID
 
 
 def test_no_session_means_401_and_nothing_reaches_bpoc(

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import simplejson
 
 from proxy.errors import (
     BadRequest,
@@ -17,7 +18,7 @@ from proxy.errors import (
     Unprocessable,
     UnsupportedMediaType,
 )
-from proxy.rewrite import Caller, Plan, Write, apply, check_query, decode_body, encode_body, plan
+from proxy.rewrite import Caller, Plan, Write, apply, check_query, decode_body, encode_body, plan, render
 from proxy.rules import FieldMode, FieldRule, Rule, ValueSource
 
 ME = "f47ac10b-58cc-4372-a567-0e02b2c3d479"
@@ -30,7 +31,7 @@ MAX = 1024
 
 
 def _decode(raw: bytes, content_type: str | None = JSON, encoding: str | None = None) -> dict[str, Any]:
-    return decode_body(raw, content_type, encoding, MAX)
+    return decode_body(raw, content_type, encoding, MAX).data
 
 
 def _rule(*fields: tuple[str, FieldMode, ValueSource]) -> Rule:
@@ -70,7 +71,7 @@ def _raw_deflate(data: bytes) -> bytes:
 )
 def test_round_trip_is_exact(raw: bytes) -> None:
     """Compact input comes back byte for byte: numbers, key order and unicode untouched."""
-    assert encode_body(decode_body(raw, JSON, None, 100_000)) == raw
+    assert encode_body(decode_body(raw, JSON, None, 100_000).data) == raw
 
 
 def test_numbers_never_become_floats() -> None:
@@ -163,7 +164,7 @@ def test_escaped_backslash_before_u_is_not_a_surrogate() -> None:
 )
 def test_json_content_types(raw: bytes, content_type: str | None, expected: dict[str, Any]) -> None:
     """JSON is application/json or any +json type, parameters allowed; an empty body is an empty object."""
-    assert decode_body(raw, content_type, None, MAX) == expected
+    assert decode_body(raw, content_type, None, MAX).data == expected
 
 
 @pytest.mark.parametrize(
@@ -212,7 +213,7 @@ BODY = b'{"title":"Senior Developer","salary_min":80000}'
 def test_encodings_decoded(raw: bytes, encoding: str | None) -> None:
     """gzip and deflate bodies are decoded before rewriting (and sent on plain)."""
     expected = {"title": "Senior Developer", "salary_min": 80000} if raw else {}
-    assert decode_body(raw, JSON, encoding, MAX) == expected
+    assert decode_body(raw, JSON, encoding, MAX).data == expected
 
 
 @pytest.mark.parametrize(
@@ -273,7 +274,7 @@ def test_gzip_exactly_max_bytes_is_fine() -> None:
     """The limit is inclusive."""
     body = b'{"a":"' + b"x" * (MAX - 8) + b'"}'
     assert len(body) == MAX
-    assert decode_body(gzip.compress(body), JSON, "gzip", MAX) == {"a": "x" * (MAX - 8)}
+    assert decode_body(gzip.compress(body), JSON, "gzip", MAX).data == {"a": "x" * (MAX - 8)}
 
 
 # -- Planning: one row per mode and case ---------------------------------------------------------------------
@@ -577,7 +578,7 @@ def test_apply_end_to_end() -> None:
         ("metadata.performedBy", "set", "user_id"),
         ("audit.by.email", "default", "email"),
     )
-    body = decode_body(raw, JSON, None, MAX)
+    body = decode_body(raw, JSON, None, MAX).data
     result = plan(rule, body, CALLER, ACTIVE)
     out = apply(body, result)
     assert out is body  # mutated in place and returned
@@ -592,7 +593,7 @@ def test_apply_end_to_end() -> None:
 
 def test_apply_to_empty_body() -> None:
     """An empty body becomes a JSON object with the field."""
-    body = decode_body(b"", None, None, MAX)
+    body = decode_body(b"", None, None, MAX).data
     rule = _rule(("postedBy", "set", "recruiter"))
     assert encode_body(apply(body, plan(rule, body, CALLER, ACTIVE))) == f'{{"postedBy":"{ME}"}}'.encode()
 
@@ -610,6 +611,39 @@ def test_apply_replaces_null_parent() -> None:
     """A null object on the way is replaced by an object."""
     body: dict[str, Any] = {"metadata": None}
     assert apply(body, Plan((Write("metadata.by", ME),))) == {"metadata": {"by": ME}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "sent"),
+    [
+        pytest.param(b'{"a": 1.10}', b'{"a": 1.10,"postedBy":"%s"}', id="added-before-the-brace"),
+        pytest.param(b'{"a": 1}\r\n', b'{"a": 1,"postedBy":"%s"}\r\n', id="trailing-whitespace-kept"),
+        pytest.param(b"{\n}", b'{\n"postedBy":"%s"}', id="empty-object"),
+        pytest.param(b"", b'{"postedBy":"%s"}', id="empty-body"),
+        pytest.param(
+            b'{"posted\\u0042y": "x"}', b'{"postedBy":"%s"}', id="escaped-key-counts-as-sent-and-is-replaced"
+        ),
+        pytest.param(
+            b'{"postedBy": null, "b": 2}', b'{"postedBy":"%s","b":2}', id="null-is-replaced-in-place"
+        ),
+    ],
+)
+def test_render_adds_new_fields_to_the_text_and_re_encodes_otherwise(raw: bytes, sent: bytes) -> None:
+    body = decode_body(raw, JSON, None, MAX)
+    rule = _rule(("postedBy", "set", "recruiter"))
+    rendered = render(body, plan(rule, body.data, CALLER, ACTIVE))
+    assert rendered == sent % ME.encode()
+    assert simplejson.loads(rendered)["postedBy"] == ME
+
+
+def test_render_re_encodes_for_a_nested_field_and_raises_a_refusal() -> None:
+    body = decode_body(b'{"z": 1,  "metadata": {"k": 1}}', JSON, None, MAX)
+    nested = render(body, plan(_rule(("metadata.by", "set", "user_id")), body.data, CALLER, ACTIVE))
+    assert nested == b'{"z":1,"metadata":{"k":1,"by":"portal-42"}}'
+    refused = decode_body(b'{"releasedBy": "%s"}' % STRANGER.encode(), JSON, None, MAX)
+    rule = _rule(("releasedBy", "enforce", "recruiter"))
+    with pytest.raises(Forbidden):
+        render(refused, plan(rule, refused.data, CALLER, ACTIVE))
 
 
 # -- Query parameters ----------------------------------------------------------------------------------------
