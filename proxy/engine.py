@@ -48,6 +48,7 @@ class _Connection(asyncio.Protocol):
         self._parser: httptools.HttpResponseParser | None = None
         self._drain: asyncio.Future[None] | None = None
         self._write_paused = False
+        self.lost: asyncio.Future[None] = loop.create_future()
 
     # asyncio.Protocol
 
@@ -57,6 +58,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if not self.lost.done():
+            self.lost.set_result(None)
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(
                 BadGateway("BPOC closed the connection while the request was being sent")
@@ -376,10 +379,18 @@ class Engine:
             raise
         return response
 
-    async def aclose(self) -> None:
+    async def aclose(self, grace: float = 1.0) -> None:
+        """Close the idle connections and wait until their sockets are closed, at most ``grace`` seconds: a TLS
+        connection closes only after its close_notify exchange, which a stopping event loop would cut short."""
         idle, self._idle = self._idle, []
         for _, conn in idle:
             conn.close()
+        pending = [conn for _, conn in idle if not conn.lost.done()]
+        if pending:
+            await asyncio.wait([conn.lost for conn in pending], timeout=grace)
+        for conn in pending:
+            if not conn.lost.done() and conn.transport is not None:
+                conn.transport.abort()
 
     # the pool
 

@@ -408,7 +408,10 @@ async def test_https(tls_bpoc: tuple[int, str], via_proxy: bool) -> None:
                 assert (await _json(response))["size"] == 300_000
             assert engine.connections_opened == 1
         finally:
+            pooled = [conn for _, conn in engine._idle]
             await engine.aclose()
+    # aclose() returns once the sockets are closed, after TLS's close_notify, not while they are still closing.
+    assert pooled and all(conn.lost.done() for conn in pooled)
     if via_proxy:
         assert log[0].startswith(b"CONNECT localhost:%d HTTP/1.1\r\n" % port)
         assert b"proxy-authorization: Basic dXNlcjpwQHNz\r\n" in log[0]  # user:p@ss
