@@ -17,6 +17,8 @@ import logging
 import time
 from typing import Any
 
+import orjson
+
 access = logging.getLogger("proxy.access")
 audit = logging.getLogger("proxy.audit")
 
@@ -46,7 +48,8 @@ class _Timestamps:
 
 
 _timestamp = _Timestamps()
-_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode  # built once, not per line
+# What orjson refuses (an integer beyond 64 bits, a lone surrogate) still gets logged, by the stdlib's encoder.
+_fallback = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 
 def json_line(created: float, level: str, logger: str, msg: str, fields: dict[str, Any] | None) -> str:
@@ -54,7 +57,10 @@ def json_line(created: float, level: str, logger: str, msg: str, fields: dict[st
     entry: dict[str, Any] = {"ts": _timestamp(created), "level": level, "logger": logger, "msg": msg}
     if fields:
         entry.update(fields)
-    return _encode(entry)
+    try:
+        return orjson.dumps(entry, default=str).decode("utf-8")
+    except orjson.JSONEncodeError:
+        return _fallback(entry)
 
 
 class JsonFormatter(logging.Formatter):
