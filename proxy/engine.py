@@ -25,7 +25,8 @@ import httptools
 
 from .errors import BadGateway, GatewayTimeout
 
-Headers = list[tuple[str, str]]
+#: Request headers as they go on the wire: latin-1 bytes, names in lower case.
+Headers = list[tuple[bytes, bytes]]
 RawHeaders = list[tuple[bytes, bytes]]
 Body = bytes | AsyncIterable[bytes] | None
 
@@ -438,7 +439,7 @@ class Engine:
     ) -> None:
         """CONNECT through the proxy (RFC 9110 section 9.3.6), then TLS to the origin inside the tunnel."""
         authority = f"{self._host}:{self._port}"
-        headers = [("proxy-authorization", proxy.authorization)] if proxy.authorization else []
+        headers = [(b"proxy-authorization", proxy.authorization.encode())] if proxy.authorization else []
         response = EngineResponse(self, conn, "CONNECT", timeout)
         conn.start(response)
         await self._send(conn, response, "CONNECT", authority, headers, None, timeout, host=authority)
@@ -473,23 +474,26 @@ class Engine:
         host: str | None = None,
     ) -> None:
         target = target if host else self._target_prefix + target
-        lines = [f"{method} {target} HTTP/1.1\r\nhost: {host or self._host_header}\r\n"]
+        head = [f"{method} {target} HTTP/1.1\r\nhost: {host or self._host_header}".encode("latin-1")]
         has_length = False
         for name, value in headers:
-            has_length = has_length or name.lower() == "content-length"
-            lines.append(f"{name}: {value}\r\n")
+            has_length = has_length or name == b"content-length"
+            head.append(name + b": " + value)
+        lines = [b"\r\n".join(head), b"\r\n"]
         transport = conn.transport
         assert transport is not None
         if body is None or isinstance(body, bytes):
             if body or (not has_length and method not in ("GET", "HEAD", "DELETE", "OPTIONS")):
-                lines.append(f"content-length: {len(body or b'')}\r\n")
-            lines.append("\r\n")
-            transport.write("".join(lines).encode("latin-1") + (body or b""))
+                lines.append(b"content-length: %d\r\n" % len(body or b""))
+            lines.append(b"\r\n")
+            if body:
+                lines.append(body)
+            transport.write(b"".join(lines))
             return
         if not has_length:
-            lines.append("transfer-encoding: chunked\r\n")
-        lines.append("\r\n")
-        transport.write("".join(lines).encode("latin-1"))
+            lines.append(b"transfer-encoding: chunked\r\n")
+        lines.append(b"\r\n")
+        transport.write(b"".join(lines))
         # The body goes out in its own task so an early answer (413, 401) is seen while the upload is still running.
         sender = self._loop.create_task(_send_body(conn, body, chunked=not has_length, timeout=timeout))
         response._sender = sender

@@ -79,7 +79,8 @@ class Pipeline:
         self._directory = directory
         self._upstream = upstream
         self._session_header = settings.session_header.lower().encode("latin-1")
-        self._drop = frozenset({settings.session_header.lower()})
+        self._drop = frozenset({self._session_header})
+        self._session_cookie = settings.session_cookie.encode("latin-1") if settings.session_cookie else None
         self._cors = Cors(settings.cors_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -168,7 +169,7 @@ class Pipeline:
             client=Client(client_host, scope.get("scheme", "http")),
             trusted=is_trusted(client_host, self._settings.trusted_proxies),
             drop=self._drop,
-            session_cookie=self._settings.session_cookie,
+            session_cookie=self._session_cookie,
             request_id=exchange.request_id,
         )
 
@@ -187,15 +188,17 @@ class Pipeline:
             raise AuthenticationError("This route is attributed and requires a portal session.")
         raw = await _read_body(receive, self._settings.max_body_bytes)
         check_query(rule, scope.get("query_string", b""))
-        content_type = _header(outgoing, "content-type")
-        content_encoding = _header(outgoing, "content-encoding")
+        content_type = _header(outgoing, b"content-type")
+        content_encoding = _header(outgoing, b"content-encoding")
         body = decode_body(raw, content_type, content_encoding, self._settings.max_body_bytes)
         identity = await self._directory.resolve(principal) if rule.needs_recruiter else None
         if rule.roles:
             await self._require_role(rule.roles, principal)
 
-        rewritten = [(n, v) for n, v in outgoing if n not in ("content-encoding", "content-type")]
-        rewritten.append(("content-type", content_type or "application/json"))
+        rewritten = [(n, v) for n, v in outgoing if n not in (b"content-encoding", b"content-type")]
+        rewritten.append(
+            (b"content-type", content_type.encode("latin-1") if content_type else b"application/json")
+        )
         attribution_id = os.urandom(16).hex()
         exchange.extra_headers.append((b"x-attribution-id", attribution_id.encode()))
 
@@ -235,13 +238,13 @@ class Pipeline:
         method: str,
         target: str,
         outgoing: Headers,
-        length: str | None,
+        length: bytes | None,
         receive: Receive,
         send: Send,
         exchange: Exchange,
     ) -> None:
-        if length not in (None, "chunked"):
-            outgoing.append(("content-length", length))  # a streamed upload keeps its length, un-chunked
+        if length is not None and length != b"chunked":
+            outgoing.append((b"content-length", length))  # a streamed upload keeps its length, un-chunked
         body = _stream_request(receive) if length is not None else None
         response = await self._upstream.send(method, target, outgoing, body)
         await self._respond(response, receive, send, exchange)
@@ -293,21 +296,21 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
     return os.urandom(16).hex()  # 128 random bits, as uuid4 has, at a fraction of its cost
 
 
-def _body_length(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """The request body's Content-Length, "chunked" for a body of unknown length, or None for no body."""
+def _body_length(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The request body's Content-Length, b"chunked" for a body of unknown length, or None for no body."""
     for name, value in headers:
         if name == b"content-length":
-            length = value.strip().decode("latin-1")
-            return None if length in ("0", "") else length
+            length = value.strip()
+            return None if length in (b"0", b"") else length
         if name == b"transfer-encoding":
-            return "chunked"
+            return b"chunked"
     return None
 
 
-def _header(headers: Headers, name: str) -> str | None:
+def _header(headers: Headers, name: bytes) -> str | None:
     for key, value in headers:
         if key == name:
-            return value
+            return value.decode("latin-1")
     return None
 
 

@@ -7,6 +7,7 @@ benchmark httpx.AsyncClient forwarded ~350 requests/s, aiohttp ~5,000-7,000, the
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import ssl
@@ -23,22 +24,23 @@ from .settings import IPNetwork, Settings, read_secret_file
 # RFC 9110 section 7.6.1, plus the Proxy-* family and the legacy Keep-Alive. Never forwarded in either direction.
 HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
     }
 )
 # Headers the proxy owns on the way to BPOC: recomputed, replaced, or not the client's to send.
 _REQUEST_OWNED = frozenset(
-    {"host", "content-length", "x-api-key", "expect", "x-request-id", "x-forwarded-for", "x-forwarded-proto"}
-    | {"x-forwarded-host", "x-forwarded-port", "forwarded", "x-real-ip"}
+    {b"host", b"content-length", b"x-api-key", b"expect", b"x-request-id", b"x-forwarded-for"}
+    | {b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"forwarded", b"x-real-ip"}
 )
+_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
 
 RawHeaders = Iterable[tuple[bytes, bytes]]
 
@@ -51,13 +53,11 @@ class Client:
     scheme: str
 
 
-def connection_tokens(headers: RawHeaders) -> frozenset[str]:
-    """Header names listed in Connection, which are hop-by-hop too (RFC 9110 section 7.6.1)."""
-    tokens: set[str] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.decode("latin-1").split(",") if t.strip())
-    return frozenset(tokens)
+def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
+    """Header names listed in Connection headers' values, which are hop-by-hop too (RFC 9110 section 7.6.1)."""
+    return frozenset(
+        token.strip().lower() for value in values for token in value.split(b",") if token.strip()
+    )
 
 
 def is_trusted(host: str | None, trusted: tuple[IPNetwork, ...]) -> bool:
@@ -70,67 +70,83 @@ def is_trusted(host: str | None, trusted: tuple[IPNetwork, ...]) -> bool:
     return any(address in network for network in trusted)
 
 
+@functools.lru_cache(maxsize=8)
+def _request_skip(drop: frozenset[bytes]) -> frozenset[bytes]:
+    return HOP_BY_HOP | _REQUEST_OWNED | drop
+
+
 def request_headers(
     raw: RawHeaders,
     *,
     client: Client,
     trusted: bool,
-    drop: frozenset[str],
-    session_cookie: str | None,
+    drop: frozenset[bytes],
+    session_cookie: bytes | None,
     request_id: str,
 ) -> Headers:
     """The headers to send to BPOC, less the agency key (added by Upstream.send).
 
-    ``drop`` names further headers to remove, such as the session header. X-Forwarded-* and Forwarded from the
-    client are kept only when the client's address is in PROXY_TRUSTED_PROXIES; otherwise they are replaced.
+    ``raw`` are ASGI headers (names in lower case). ``drop`` names further headers to remove, such as the
+    session header. X-Forwarded-* and Forwarded from the client are kept only when the client's address is in
+    PROXY_TRUSTED_PROXIES; otherwise they are replaced.
     """
-    raw = list(raw)
-    skip = HOP_BY_HOP | _REQUEST_OWNED | drop | connection_tokens(raw)
+    skip = _request_skip(drop)
     out: Headers = []
+    connection: list[bytes] = []
     forwarded_for = forwarded_proto = forwarded_host = server_host = None
-    for name_bytes, value_bytes in raw:
-        name = name_bytes.decode("latin-1").lower()
-        value = value_bytes.decode("latin-1")
-        if name == "host":
-            server_host = value  # the host the client asked for: X-Forwarded-Host, unless a proxy set one
-        elif trusted and name == "x-forwarded-for":
-            forwarded_for = f"{forwarded_for}, {value}" if forwarded_for else value
-        elif trusted and name == "x-forwarded-proto":
-            forwarded_proto = value
-        elif trusted and name == "x-forwarded-host":
-            forwarded_host = value
-        elif trusted and name == "forwarded":
+    for name, value in raw:
+        if name not in skip and name != b"cookie":
             out.append((name, value))
-        elif name == "cookie" and session_cookie:
-            kept = _without_cookie(value, session_cookie)
+        elif name == b"host":
+            server_host = value  # the host the client asked for: X-Forwarded-Host, unless a proxy set one
+        elif name == b"connection":
+            connection.append(value)
+        elif name == b"cookie":
+            kept = _without_cookie(value, session_cookie) if session_cookie else value
             if kept:
                 out.append((name, kept))
-        elif name not in skip:
-            out.append((name, value))
+        elif trusted and name in _FORWARDED:
+            if name == b"x-forwarded-for":
+                forwarded_for = forwarded_for + b", " + value if forwarded_for else value
+            elif name == b"x-forwarded-proto":
+                forwarded_proto = value
+            elif name == b"x-forwarded-host":
+                forwarded_host = value
+            else:
+                out.append((name, value))
+    if connection:  # rare over HTTP/1.1: a client naming more headers as hop-by-hop
+        tokens = connection_tokens(connection)
+        out = [(name, value) for name, value in out if name not in tokens]
     if client.host:
-        forwarded_for = f"{forwarded_for}, {client.host}" if forwarded_for else client.host
+        host = client.host.encode("latin-1")
+        forwarded_for = forwarded_for + b", " + host if forwarded_for else host
     if forwarded_for:
-        out.append(("x-forwarded-for", forwarded_for))
-    out.append(("x-forwarded-proto", forwarded_proto or client.scheme))
+        out.append((b"x-forwarded-for", forwarded_for))
+    out.append((b"x-forwarded-proto", forwarded_proto or client.scheme.encode("latin-1")))
     if forwarded_host or server_host:
-        out.append(("x-forwarded-host", forwarded_host or server_host or ""))
-    out.append(("x-request-id", request_id))
+        out.append((b"x-forwarded-host", forwarded_host or server_host or b""))
+    out.append((b"x-request-id", request_id.encode("latin-1")))
     return out
 
 
-def _without_cookie(header: str, name: str) -> str:
-    pairs = [pair.strip() for pair in header.split(";")]
-    return "; ".join(p for p in pairs if p and p.split("=", 1)[0].strip() != name)
+def _without_cookie(header: bytes, name: bytes) -> bytes:
+    pairs = [pair.strip() for pair in header.split(b";")]
+    return b"; ".join(p for p in pairs if p and p.split(b"=", 1)[0].strip() != name)
 
 
-def response_headers(
-    raw: Iterable[tuple[bytes, bytes]], *, drop_cors: bool = False
-) -> list[tuple[bytes, bytes]]:
-    """BPOC's response headers as the client should see them: hop-by-hop removed, and BPOC's CORS headers when
-    the proxy answers CORS itself; nothing else touched."""
-    raw = list(raw)
-    skip = {name.encode() for name in HOP_BY_HOP | connection_tokens(raw)}
-    kept = [(name.lower(), value) for name, value in raw if name.lower() not in skip]
+def response_headers(raw: RawHeaders, *, drop_cors: bool = False) -> list[tuple[bytes, bytes]]:
+    """BPOC's response headers as the client should see them: names in lower case, hop-by-hop removed, and
+    BPOC's CORS headers when the proxy answers CORS itself; nothing else touched."""
+    kept: list[tuple[bytes, bytes]] = []
+    connection: list[bytes] = []
+    for name, value in raw:
+        name = name.lower()
+        if name not in HOP_BY_HOP:
+            kept.append((name, value))
+        elif name == b"connection":
+            connection.append(value)
+    if connection and (tokens := connection_tokens(connection) - HOP_BY_HOP):
+        kept = [(name, value) for name, value in kept if name not in tokens]
     if drop_cors:
         kept = [(name, value) for name, value in kept if not name.startswith(b"access-control-")]
     return kept
@@ -213,7 +229,7 @@ class Upstream:
         A bytes body gets its Content-Length from the engine; a streamed one keeps the client's, if it had one.
         """
         assert self._engine is not None, "Upstream.start() was not awaited"
-        headers.append(("x-api-key", self._api_key.get()))
+        headers.append((b"x-api-key", self._api_key.get().encode("latin-1")))
         try:
             return await self._engine.request(method, target, headers, body, self._timeout)
         except GatewayTimeout as exc:

@@ -52,7 +52,9 @@ def _header(response: EngineResponse, name: bytes) -> bytes | None:
 
 async def test_get_sends_host_and_headers(engine: Engine, bpoc: tuple[str, int]) -> None:
     """A GET reaches the origin with Host, the given headers in order, and no body."""
-    response = await engine.request("GET", "/_sandbox/echo/a?b=1", [("x-one", "1"), ("X-Two", "2")], None, 5)
+    response = await engine.request(
+        "GET", "/_sandbox/echo/a?b=1", [(b"x-one", b"1"), (b"x-two", b"2")], None, 5
+    )
     assert response.status == 200
     echo = await _json(response)
     assert echo["method"] == "GET" and echo["path"] == "/_sandbox/echo/a" and echo["query_string"] == "b=1"
@@ -67,7 +69,7 @@ async def test_post_bytes_sets_content_length(engine: Engine) -> None:
     """A bytes body goes out with its Content-Length and arrives intact."""
     body = b'{"title": "x"}'
     response = await engine.request(
-        "POST", "/_sandbox/echo/p", [("content-type", "application/json")], body, 5
+        "POST", "/_sandbox/echo/p", [(b"content-type", b"application/json")], body, 5
     )
     echo = await _json(response)
     assert echo["body_sha256"] == hashlib.sha256(body).hexdigest()
@@ -134,7 +136,7 @@ async def test_upload_5mb_streamed(engine: Engine, declared: bool) -> None:
     expected = hashlib.sha256()
     async for chunk in _chunks(FIVE_MB):
         expected.update(chunk)
-    headers = [("content-length", str(FIVE_MB))] if declared else []
+    headers = [(b"content-length", b"%d" % FIVE_MB)] if declared else []
     response = await engine.request("POST", "/_sandbox/upload", headers, _chunks(FIVE_MB), 5)
     assert await _json(response) == {"size": FIVE_MB, "sha256": expected.hexdigest()}
     assert (await _json(await engine.request("GET", "/_sandbox/echo/x", [], None, 5)))["method"] == "GET"
@@ -167,7 +169,7 @@ async def test_unread_body_closes_the_connection(engine: Engine) -> None:
 
 async def test_connection_close_is_not_reused(engine: Engine) -> None:
     """An answer with Connection: close is not pooled."""
-    response = await engine.request("GET", "/_sandbox/echo/x", [("connection", "close")], None, 5)
+    response = await engine.request("GET", "/_sandbox/echo/x", [(b"connection", b"close")], None, 5)
     assert _header(response, b"connection") == b"close"
     await _json(response)
     await _json(await engine.request("GET", "/_sandbox/echo/x", [], None, 5))
