@@ -47,6 +47,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.response: EngineResponse | None = None
         self._parser: httptools.HttpResponseParser | None = None
+        # The parser of the last response, kept for the next one on this keep-alive connection.
+        self._spare: httptools.HttpResponseParser | None = None
         self._drain: asyncio.Future[None] | None = None
         self._write_paused = False
         self.lost: asyncio.Future[None] = loop.create_future()
@@ -123,10 +125,13 @@ class _Connection(asyncio.Protocol):
 
     def start(self, response: EngineResponse) -> None:
         self.response = response
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser, self._spare = self._spare or httptools.HttpResponseParser(self), None
 
-    def finish(self) -> None:
+    def finish(self, *, reuse_parser: bool = False) -> None:
+        """The response is done with; ``reuse_parser`` when it ended cleanly and the parser agrees on where
+        (not after a HEAD: llhttp would wait for the body its Content-Length announced)."""
         self.response = None
+        self._spare = self._parser if reuse_parser else None
         self._parser = None
 
     async def drain(self, timeout: float) -> None:
@@ -289,12 +294,13 @@ class EngineResponse:
             return
         self._released = True
         conn = self._conn
-        conn.finish()
         sender = self._sender
         sent = sender is None or (sender.done() and not sender.cancelled() and sender.exception() is None)
         if sent and self._done and self._keep_alive and not self._chunks and not self._read_paused:
+            conn.finish(reuse_parser=not self._head)
             self._engine._put(conn)
         else:
+            conn.finish()
             self._stop_sender()
             conn.close()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -64,6 +64,17 @@ class Exchange:
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class RequestHead:
+    """What the pipeline reads from the client's headers, taken in one pass over them."""
+
+    request_id: str
+    session: str | None = None  # the session header's value
+    cookie: str | None = None  # every Cookie header, joined
+    body_length: bytes | None = None  # Content-Length, b"chunked" for a body of unknown length, None: no body
+    override: str | None = None  # the name of a method override header, if one was sent
+
+
 class Pipeline:
     def __init__(
         self,
@@ -84,11 +95,12 @@ class Pipeline:
         self._cors = Cors(settings.cors_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = Exchange(_request_id(scope["headers"]), scope["method"], scope["path"])
+        head = _read_head(scope["headers"], self._session_header)
+        exchange = Exchange(head.request_id, scope["method"], scope["path"])
         if self._cors.enabled:
             exchange.extra_headers.extend(self._cors.headers_for(scope["headers"]))
         try:
-            await self._handle(scope, receive, send, exchange)
+            await self._handle(scope, head, receive, send, exchange)
         except ProxyError as exc:
             await _send_error(send, exchange, exc)
         except ClientGone:
@@ -104,24 +116,26 @@ class Pipeline:
 
     async def refuse(self, scope: Scope, send: Send, error: ProxyError) -> None:
         """Answer with ``error`` at once, as every refusal is answered: JSON, request id, one log line."""
-        exchange = Exchange(_request_id(scope["headers"]), scope["method"], scope["path"])
+        head = _read_head(scope["headers"], self._session_header)
+        exchange = Exchange(head.request_id, scope["method"], scope["path"])
         await _send_error(send, exchange, error)
         if self._settings.access_log:
             _log_exchange(exchange)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, exchange: Exchange) -> None:
+    async def _handle(
+        self, scope: Scope, head: RequestHead, receive: Receive, send: Send, exchange: Exchange
+    ) -> None:
         method: str = scope["method"]
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
-        if self._cors.enabled and (preflight := self._cors.preflight(method, headers)) is not None:
+        if self._cors.enabled and (preflight := self._cors.preflight(method, scope["headers"])) is not None:
             await _send_whole(send, exchange, 204, preflight, b"")  # answered here, never forwarded
             return
         path = normalise_path(scope.get("raw_path") or scope["path"].encode("utf-8"))
         exchange.path = path
-        if any(name in _OVERRIDE_NAMES for name, _ in headers):
-            check_method_override(name.decode("latin-1") for name, _ in headers)
+        if head.override is not None:
+            check_method_override([head.override])
         rules = self._rules()
 
-        principal = None if rules.is_public(method, path) else await self._authenticate(headers)
+        principal = None if rules.is_public(method, path) else await self._authenticate(head)
         exchange.user_id = principal.user_id if principal else None
         match = rules.match(method, path)
         if match is None and rules.unlisted == "deny":
@@ -135,16 +149,10 @@ class Pipeline:
             return
         if match is not None and match.roles:
             await self._require_role(match.roles, principal)
-        await self._pass_through(method, target, outgoing, _body_length(headers), receive, send, exchange)
+        await self._pass_through(method, target, outgoing, head.body_length, receive, send, exchange)
 
-    async def _authenticate(self, headers: list[tuple[bytes, bytes]]) -> Principal:
-        header_value = cookie = None
-        for name, value in headers:
-            if name == self._session_header:
-                header_value = value.decode("latin-1")
-            elif name == b"cookie":
-                cookie = value.decode("latin-1") if cookie is None else f"{cookie}; {value.decode('latin-1')}"
-        token = extract_token(self._settings, header_value, cookie)
+    async def _authenticate(self, head: RequestHead) -> Principal:
+        token = extract_token(self._settings, head.session, head.cookie)
         if token is None:
             raise AuthenticationError(
                 f"This request carries no portal session; send it in the {self._settings.session_header} header.",
@@ -199,7 +207,7 @@ class Pipeline:
         rewritten.append(
             (b"content-type", content_type.encode("latin-1") if content_type else b"application/json")
         )
-        attribution_id = os.urandom(16).hex()
+        attribution_id = _new_id()
         exchange.extra_headers.append((b"x-attribution-id", attribution_id.encode()))
 
         async def attempt(body: JsonBody, recruiter_id: str | None) -> EngineResponse:
@@ -287,24 +295,34 @@ class Pipeline:
             gone.cancel()
 
 
-def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+def _read_head(headers: list[tuple[bytes, bytes]], session_header: bytes) -> RequestHead:
+    head = RequestHead("")
+    framed = False
     for name, value in headers:
-        if name == b"x-request-id":
+        if name == session_header:
+            head.session = value.decode("latin-1")
+        elif name == b"cookie":
+            text = value.decode("latin-1")
+            head.cookie = text if head.cookie is None else f"{head.cookie}; {text}"
+        elif name == b"x-request-id":
             candidate = value.decode("latin-1")
-            if _REQUEST_ID.fullmatch(candidate):
-                return candidate
-    return os.urandom(16).hex()  # 128 random bits, as uuid4 has, at a fraction of its cost
+            if not head.request_id and _REQUEST_ID.fullmatch(candidate):
+                head.request_id = candidate
+        elif (name == b"content-length" or name == b"transfer-encoding") and not framed:
+            framed = True  # the first framing header decides, as the server's parser did
+            length = value.strip() if name == b"content-length" else b"chunked"
+            head.body_length = None if length in (b"0", b"") else length
+        elif name in _OVERRIDE_NAMES:
+            head.override = name.decode("latin-1")
+    if not head.request_id:
+        head.request_id = _new_id()
+    return head
 
 
-def _body_length(headers: list[tuple[bytes, bytes]]) -> bytes | None:
-    """The request body's Content-Length, b"chunked" for a body of unknown length, or None for no body."""
-    for name, value in headers:
-        if name == b"content-length":
-            length = value.strip()
-            return None if length in (b"0", b"") else length
-        if name == b"transfer-encoding":
-            return b"chunked"
-    return None
+def _new_id() -> str:
+    """128 random bits, as uuid4 has, from the process's seeded generator: an id must be unique, not secret,
+    and a getrandom() system call per request is the dearer way to get that."""
+    return f"{random.getrandbits(128):032x}"
 
 
 def _header(headers: Headers, name: bytes) -> str | None:
@@ -317,12 +335,17 @@ def _header(headers: Headers, name: bytes) -> str | None:
 async def _read_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    async for chunk in _stream_request(receive):
+    while True:  # _stream_request's loop, without an async generator on the hot path
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"The request body is larger than PROXY_MAX_BODY_BYTES ({limit} bytes).")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _stream_request(receive: Receive) -> AsyncIterator[bytes]:

@@ -95,6 +95,8 @@ def decode_body(
 
 
 def _check_content_type(content_type: str | None, *, empty: bool) -> None:
+    if content_type == "application/json":
+        return  # what nearly every client sends
     if content_type is None or not content_type.strip():
         if empty:
             return
@@ -113,6 +115,8 @@ def _check_content_type(content_type: str | None, *, empty: bool) -> None:
 
 
 def _decompress(raw: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
+    if not content_encoding:
+        return raw
     codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
     codings = [c for c in codings if c != "identity"]
     if not codings:
