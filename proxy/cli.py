@@ -77,6 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .logs import logging_config
+    from .protocol import SERVER_OPTIONS
     from .rules_file import load_rules
     from .settings import Settings
 
@@ -90,11 +91,8 @@ def _serve(args: argparse.Namespace) -> int:
         workers=settings.workers,
         log_config=logging_config(settings.log_level),
         log_level=settings.log_level,
-        access_log=False,  # the pipeline logs each request itself, with the request id and the user
-        proxy_headers=False,  # X-Forwarded-* are trusted only from PROXY_TRUSTED_PROXIES, by the pipeline
-        server_header=False,
-        date_header=False,  # BPOC's Date passes through; two Date headers would be wrong
         timeout_graceful_shutdown=max(1, int(settings.upstream_timeout)),
+        **SERVER_OPTIONS,
     )
     return 0
 

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from proxy.app import create_app
+from proxy.protocol import SERVER_OPTIONS
 from proxy.sandbox.bpoc import create_bpoc_app
 from proxy.sandbox.seed import BpocState
 from proxy.sandbox.server import bind_socket, serve_in_thread
@@ -67,11 +68,7 @@ def start_proxy(bpoc_url: str) -> Iterator[ProxyFactory]:
                 dict(env) if env is not None else base_env(bpoc_url, **overrides)
             )
             app = create_app(settings)
-            return stack.enter_context(
-                serve_in_thread(
-                    app, proxy_headers=False, server_header=False, date_header=False, access_log=False
-                )
-            )
+            return stack.enter_context(serve_in_thread(app, **SERVER_OPTIONS))
 
         yield start
 

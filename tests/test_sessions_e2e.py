@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from proxy import jwks as jwks_module
 from proxy.app import create_app
+from proxy.protocol import SERVER_OPTIONS
 from proxy.sandbox.bpoc import create_bpoc_app
 from proxy.sandbox.portal import PortalState, create_portal_app
 from proxy.sandbox.seed import ALICE_ID, BOB_ID, BpocState
@@ -118,9 +119,7 @@ def running_stack(
     state = BpocState.seeded(API_KEY)
     with serve_in_thread(create_bpoc_app(state)) as bpoc_url:
         app = create_app(Settings.from_environ(env_for(bpoc_url)))
-        with serve_in_thread(
-            app, proxy_headers=False, server_header=False, date_header=False, access_log=False
-        ) as url:
+        with serve_in_thread(app, **SERVER_OPTIONS) as url:
             wait_for(lambda: state.calls["agency/recruiters"] >= 1)
             yield Stack(url, state, portal)
 

@@ -19,6 +19,7 @@ import uvicorn
 from ..app import create_app
 from ..errors import ConfigError
 from ..logs import logging_config
+from ..protocol import SERVER_OPTIONS
 from ..settings import Settings
 from .bpoc import create_bpoc_app
 from .seed import BOB_ID, BpocState
@@ -59,17 +60,10 @@ def run_demo(*, port: int = 8080, self_test: bool = False) -> int:
             }
         )
         proxy_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(
-            create_app(settings),
-            log_config=logging_config("warning"),
-            access_log=False,
-            proxy_headers=False,
-            server_header=False,
-            date_header=False,
-        )
+        config = uvicorn.Config(create_app(settings), log_config=logging_config("warning"), **SERVER_OPTIONS)
         if self_test:
             sock.close()
-            with serve_in_thread(config.app, port=port, proxy_headers=False) as url:
+            with serve_in_thread(config.app, port=port, **SERVER_OPTIONS) as url:
                 return _self_test(url, token)
         _print_banner(proxy_url, token)
         uvicorn.Server(config).run(sockets=[sock])
