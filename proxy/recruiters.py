@@ -127,9 +127,10 @@ class RecruiterDirectory:
         self._http = http
         self._api_key = api_key
         self._timer = timer
-        self._by_email: TTLCache[str, Recruiter] = TTLCache(
-            CACHE_SIZE, settings.recruiter_cache_ttl, timer=timer
-        )
+        # email -> (expires at, recruiter). A plain dict, not a TTLCache: every attributed request looks here, and
+        # a hit must cost one lookup and one compare. It holds what BPOC listed at the last refresh (which
+        # replaces it whole) plus recruiters created since, so it is as big as the directory.
+        self._by_email: dict[str, tuple[float, Recruiter]] = {}
         self._unknown: TTLCache[str, bool] = TTLCache(
             CACHE_SIZE, settings.recruiter_negative_ttl, timer=timer
         )
@@ -208,7 +209,7 @@ class RecruiterDirectory:
                     "re-sync could not reach BPOC", extra={"fields": {**fields, "reason": exc.message}}
                 )
                 return None
-            if email not in self._by_email:
+            if self._listed(email) is None:
                 self._unknown[email] = True
         try:
             identity = await self.resolve(principal)
@@ -263,15 +264,19 @@ class RecruiterDirectory:
         if provisioned is not None and provisioned.id.lower() == recruiter_id:
             del self._provisioned[email]
 
+    def _listed(self, email: str) -> Recruiter | None:
+        entry = self._by_email.get(email)
+        return entry[1] if entry is not None and entry[0] > self._timer() else None
+
     async def _find(self, email: str) -> Recruiter | None:
-        recruiter = self._by_email.get(email)
+        recruiter = self._listed(email)
         if recruiter is not None or email in self._unknown:
             return recruiter
         try:
             await self._refresh_for_request()
         except ServiceUnavailable:
             return self._stale_or_raise(email)
-        recruiter = self._by_email.get(email) or self._provisioned.get(email)
+        recruiter = self._listed(email) or self._provisioned.get(email)
         if recruiter is None:
             self._unknown[email] = True
         return recruiter
@@ -304,8 +309,8 @@ class RecruiterDirectory:
             self._unknown[email] = True
         for email in active:
             self._unknown.pop(email, None)
-        self._by_email.clear()
-        self._by_email.update(active)
+        expires = now + self._settings.recruiter_cache_ttl
+        self._by_email = {email: (expires, recruiter) for email, recruiter in active.items()}
         self._stale = {email: (recruiter, now) for email, recruiter in active.items()}
         self._active = frozenset(recruiter.id.lower() for recruiter in active.values())
         self._snapshot_at = now
@@ -321,7 +326,7 @@ class RecruiterDirectory:
         return await self._create.run(email, lambda: self._create_recruiter(principal, email))
 
     async def _create_recruiter(self, principal: Principal, email: str) -> Recruiter:
-        existing = self._by_email.get(email) or self._provisioned.get(email)
+        existing = self._listed(email) or self._provisioned.get(email)
         if existing is not None:
             return existing  # created by a flight that finished just before this one started
         body = {
@@ -334,7 +339,7 @@ class RecruiterDirectory:
         if response.status_code == 409:
             # Someone created the recruiter meanwhile (another worker process): the directory has it now.
             await self.refresh()
-            listed = self._by_email.get(email)
+            listed = self._listed(email)
             if listed is not None:
                 return listed
         answer = _json(response)
@@ -354,7 +359,7 @@ class RecruiterDirectory:
             recruiter_id, email, True, "recruiter", principal.first_name, principal.last_name
         )
         self._provisioned[email] = recruiter
-        self._by_email[email] = recruiter
+        self._by_email[email] = (self._timer() + self._settings.recruiter_cache_ttl, recruiter)
         self._unknown.pop(email, None)
         self._stale[email] = (recruiter, self._timer())
         log.info("created a BPOC recruiter", extra={"fields": {"email": email, "recruiterId": recruiter_id}})
