@@ -21,10 +21,7 @@ _EXPOSED = b"X-Request-Id, X-Attribution-Id, Retry-After"
 class Cors:
     def __init__(self, origins: tuple[str, ...]) -> None:
         self._origins = frozenset(origin.encode("latin-1") for origin in origins)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self._origins)
+        self.enabled = bool(self._origins)
 
     def preflight(self, method: str, headers: RawHeaders) -> list[tuple[bytes, bytes]] | None:
         """The headers particular to a preflight's answer; None if this is no preflight; Forbidden if the origin

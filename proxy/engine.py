@@ -103,7 +103,7 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.response is not None
-        self.response.raw_headers.append((name, value))
+        self.response.raw_headers.append((name.lower(), value))  # lowered once, here, as ASGI wants them
 
     def on_headers_complete(self) -> None:
         assert self.response is not None and self._parser is not None
@@ -185,6 +185,7 @@ class EngineResponse:
         # A CONNECT answer's headers are followed by the tunnel, not a body; a HEAD answer's by nothing.
         self._head = method in ("HEAD", "CONNECT")
         self.status = 0
+        #: The response headers as received, names in lower case.
         self.raw_headers: RawHeaders = []
         self.content_length: int | None = None
         self._headers: asyncio.Future[None] = self._loop.create_future()
@@ -205,10 +206,9 @@ class EngineResponse:
         self.status = status
         chunked = False
         for name, value in self.raw_headers:
-            lowered = name.lower()
-            if lowered == b"content-length":
+            if name == b"content-length":
                 self.content_length = int(value)
-            elif lowered == b"transfer-encoding":
+            elif name == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
         if self._head or status in _NO_BODY_STATUS:
             self.content_length = 0 if status in _NO_BODY_STATUS else self.content_length

@@ -174,7 +174,7 @@ class RuleSet:
 
     def is_public(self, method: str, path: str) -> bool:
         """Whether the request needs no session (a ``public`` entry matches it)."""
-        return self._public_trie.find(method.upper(), path) is not None
+        return bool(self._public) and self._public_trie.find(method.upper(), path) is not None
 
     def overlaps(self) -> list[str]:
         """One line per pair of entries that can both match some request, saying which one wins."""

@@ -135,12 +135,11 @@ def _without_cookie(header: bytes, name: bytes) -> bytes:
 
 
 def response_headers(raw: RawHeaders, *, drop_cors: bool = False) -> list[tuple[bytes, bytes]]:
-    """BPOC's response headers as the client should see them: names in lower case, hop-by-hop removed, and
+    """BPOC's response headers (names in lower case) as the client should see them: hop-by-hop removed, and
     BPOC's CORS headers when the proxy answers CORS itself; nothing else touched."""
     kept: list[tuple[bytes, bytes]] = []
     connection: list[bytes] = []
     for name, value in raw:
-        name = name.lower()
         if name not in HOP_BY_HOP:
             kept.append((name, value))
         elif name == b"connection":

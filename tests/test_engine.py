@@ -288,7 +288,7 @@ async def test_read_until_close_and_http10() -> None:
 
     async with _raw_server(handler) as engine:
         response = await engine.request("GET", "/", [], None, 5)
-        assert response.raw_headers == [(b"X-Case", b"Kept")] and response.content_length is None
+        assert response.raw_headers == [(b"x-case", b"Kept")] and response.content_length is None
         assert await response.read() == b"until the end"
         response.release()
         assert engine._idle == []
