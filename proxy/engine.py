@@ -41,8 +41,9 @@ _NO_BODY_STATUS = frozenset({204, 304})
 class _Connection(asyncio.Protocol):
     """One socket to the origin; it parses the response to the request in flight into ``self.response``."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadlines: Deadlines) -> None:
         self._loop = loop
+        self._deadlines = deadlines
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.response: EngineResponse | None = None
@@ -140,7 +141,7 @@ class _Connection(asyncio.Protocol):
         if not self._write_paused:
             return
         self._drain = self._loop.create_future()
-        await _wait(self._loop, self._drain, timeout, "BPOC did not read the request body")
+        await self._deadlines.wait(self._drain, timeout, "BPOC did not read the request body")
 
     @property
     def usable(self) -> bool:
@@ -152,22 +153,42 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
-async def _wait(
-    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], timeout: float, what: str
-) -> Any:
-    """``await future`` bounded by ``timeout``: a call_later handle is cheaper than asyncio.timeout()."""
-    if future.done():
-        return future.result()
-    handle = loop.call_later(timeout, _expire, future, what)
-    try:
-        return await future
-    finally:
-        handle.cancel()
+class Deadlines:
+    """Time limits for many waits, kept by one timer instead of one each: arming and cancelling a libuv timer for
+    every request costs more than the request's whole HTTP/1.1 framing. A wait that runs out fails with
+    GatewayTimeout at most ``tick`` seconds after its limit."""
 
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick: float = 0.1) -> None:
+        self._loop = loop
+        self._tick = tick
+        self._waits: dict[asyncio.Future[Any], tuple[float, str]] = {}
+        self._timer: asyncio.TimerHandle | None = None
 
-def _expire(future: asyncio.Future[Any], what: str) -> None:
-    if not future.done():
-        future.set_exception(GatewayTimeout(f"{what} within the upstream timeout"))
+    async def wait(self, future: asyncio.Future[Any], timeout: float, what: str) -> Any:
+        """``await future``, or GatewayTimeout("{what} within the upstream timeout") after ``timeout`` s."""
+        if future.done():
+            return future.result()
+        self._waits[future] = (self._loop.time() + timeout, what)
+        if self._timer is None:
+            self._timer = self._loop.call_later(self._tick, self._check)
+        try:
+            return await future
+        finally:
+            self._waits.pop(future, None)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        for future, (limit, what) in list(self._waits.items()):
+            if limit <= now:
+                del self._waits[future]
+                if not future.done():
+                    future.set_exception(GatewayTimeout(f"{what} within the upstream timeout"))
+        self._timer = self._loop.call_later(self._tick, self._check) if self._waits else None
 
 
 class EngineResponse:
@@ -279,7 +300,9 @@ class EngineResponse:
                 raise self._error
             else:
                 self._waiter = self._loop.create_future()
-                await _wait(self._loop, self._waiter, self._timeout, "BPOC did not send the response body")
+                await self._engine.deadlines.wait(
+                    self._waiter, self._timeout, "BPOC did not send the response body"
+                )
 
     async def read(self) -> bytes:
         """The whole body; the common case, a body that came in one segment, costs no join."""
@@ -368,6 +391,7 @@ class Engine:
         self._expiry = keepalive_expiry
         self._idle: list[tuple[float, _Connection]] = []
         self._loop = asyncio.get_running_loop()
+        self.deadlines = Deadlines(self._loop)
         #: Connections opened so far, for tests and metrics.
         self.connections_opened = 0
 
@@ -380,7 +404,7 @@ class Engine:
         conn.start(response)
         try:
             await self._send(conn, response, method, target, headers, body, timeout)
-            await _wait(self._loop, response._headers, timeout, "BPOC did not answer")
+            await self.deadlines.wait(response._headers, timeout, "BPOC did not answer")
         except BaseException:
             response.close()
             raise
@@ -389,6 +413,7 @@ class Engine:
     async def aclose(self, grace: float = 1.0) -> None:
         """Close the idle connections and wait until their sockets are closed, at most ``grace`` seconds: a TLS
         connection closes only after its close_notify exchange, which a stopping event loop would cut short."""
+        self.deadlines.close()
         idle, self._idle = self._idle, []
         for _, conn in idle:
             conn.close()
@@ -426,7 +451,7 @@ class Engine:
         else:
             host, port, ssl_context = self._proxy.host, self._proxy.port, None
         _, conn = await self._loop.create_connection(
-            lambda: _Connection(self._loop),
+            lambda: _Connection(self._loop, self.deadlines),
             host,
             port,
             ssl=ssl_context,
@@ -449,7 +474,7 @@ class Engine:
         response = EngineResponse(self, conn, "CONNECT", timeout)
         conn.start(response)
         await self._send(conn, response, "CONNECT", authority, headers, None, timeout, host=authority)
-        await _wait(self._loop, response._headers, timeout, "the proxy did not answer CONNECT")
+        await self.deadlines.wait(response._headers, timeout, "the proxy did not answer CONNECT")
         conn.finish()
         if not 200 <= response.status < 300:
             raise BadGateway(f"the proxy refused to tunnel to {authority}: {response.status}")
