@@ -67,7 +67,8 @@ class ProxyApp:
                 await self.pipeline(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
-        # websocket: not proxied; returning without accepting closes it (403 to the client).
+        elif kind == "websocket":
+            await self.pipeline.refuse_websocket(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -22,7 +22,7 @@ from . import logs
 from .auth import Authenticator, Principal, extract_token
 from .cors import Cors
 from .engine import EngineResponse, Headers
-from .errors import AuthenticationError, Forbidden, PayloadTooLarge, ProxyError
+from .errors import AuthenticationError, BadRequest, Forbidden, PayloadTooLarge, ProxyError
 from .paths import METHOD_OVERRIDE_HEADERS, check_method_override, normalise_path
 from .recruiters import RecruiterDirectory
 from .rewrite import Caller, JsonBody, Plan, check_query, decode_body, plan, render
@@ -117,10 +117,25 @@ class Pipeline:
     async def refuse(self, scope: Scope, send: Send, error: ProxyError) -> None:
         """Answer with ``error`` at once, as every refusal is answered: JSON, request id, one log line."""
         head = _read_head(scope["headers"], self._session_header)
-        exchange = Exchange(head.request_id, scope["method"], scope["path"])
+        exchange = Exchange(head.request_id, scope.get("method", "GET"), scope["path"])
         await _send_error(send, exchange, error)
         if self._settings.access_log:
             _log_exchange(exchange)
+
+    async def refuse_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """WebSockets are not proxied. The handshake is refused like any request (JSON, request id, a log line)
+        where the server lets an app answer it over HTTP (the ASGI websocket.http.response extension), and
+        closed otherwise, which the server answers with a bare 403."""
+        await receive()  # websocket.connect
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008})
+            return
+
+        async def as_denial(message: Message) -> None:
+            await send({**message, "type": "websocket." + message["type"]})
+
+        error = BadRequest("WebSocket connections are not proxied; BPOC's API is plain HTTP.")
+        await self.refuse(scope, as_denial, error)
 
     async def _handle(
         self, scope: Scope, head: RequestHead, receive: Receive, send: Send, exchange: Exchange

@@ -3,6 +3,7 @@ nothing is ever held back for longer than it takes the body to start."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from urllib.parse import urlsplit
@@ -44,3 +45,25 @@ def test_100_continue_and_a_bodiless_head_are_sent_at_once(proxy_url: str) -> No
         )
         head = sock.recv(65536)
         assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")
+
+
+def test_a_websocket_handshake_is_refused_with_json(proxy_url: str) -> None:
+    """WebSockets are not proxied: the handshake gets a JSON refusal at once, and the connection closes."""
+    address = urlsplit(proxy_url)
+    with socket.create_connection((address.hostname, address.port), timeout=5) as sock:
+        sock.sendall(
+            b"GET /api/v1/jobs HTTP/1.1\r\nHost: proxy\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"X-Request-Id: ws-attempt-1\r\n\r\n"
+        )
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert json.loads(body) == {
+        "error": "WebSocket connections are not proxied; BPOC's API is plain HTTP.",
+        "code": "bad_request",
+        "status": 400,
+        "requestId": "ws-attempt-1",
+    }
