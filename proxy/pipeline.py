@@ -44,6 +44,12 @@ _SMALL_BODY = 256 * 1024
 _OVERRIDE_NAMES = frozenset(name.encode() for name in METHOD_OVERRIDE_HEADERS)
 
 
+def _websocket_refusal() -> BadRequest:
+    return BadRequest(
+        "WebSocket connections are not proxied; BPOC's API is plain HTTP.", headers={"Connection": "close"}
+    )
+
+
 class ClientGone(Exception):
     """The client closed its connection; there is nobody left to answer."""
 
@@ -73,6 +79,7 @@ class RequestHead:
     cookie: str | None = None  # every Cookie header, joined
     body_length: bytes | None = None  # Content-Length, b"chunked" for a body of unknown length, None: no body
     override: str | None = None  # the name of a method override header, if one was sent
+    websocket: bool = False  # Upgrade: websocket, a handshake
 
 
 class Pipeline:
@@ -134,8 +141,7 @@ class Pipeline:
         async def as_denial(message: Message) -> None:
             await send({**message, "type": "websocket." + message["type"]})
 
-        error = BadRequest("WebSocket connections are not proxied; BPOC's API is plain HTTP.")
-        await self.refuse(scope, as_denial, error)
+        await self.refuse(scope, as_denial, _websocket_refusal())
 
     async def _handle(
         self, scope: Scope, head: RequestHead, receive: Receive, send: Send, exchange: Exchange
@@ -144,6 +150,8 @@ class Pipeline:
         if self._cors.enabled and (preflight := self._cors.preflight(method, scope["headers"])) is not None:
             await _send_whole(send, exchange, 204, preflight, b"")  # answered here, never forwarded
             return
+        if head.websocket:
+            raise _websocket_refusal()
         path = normalise_path(scope.get("raw_path") or scope["path"].encode("utf-8"))
         exchange.path = path
         if head.override is not None:
@@ -329,6 +337,8 @@ def _read_head(headers: list[tuple[bytes, bytes]], session_header: bytes) -> Req
             head.body_length = None if length in (b"0", b"") else length
         elif name in _OVERRIDE_NAMES:
             head.override = name.decode("latin-1")
+        elif name == b"upgrade" and b"websocket" in value.lower():
+            head.websocket = True
     if not head.request_id:
         head.request_id = _new_id()
     return head

@@ -72,10 +72,17 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         wrapped: Any = HeadHoldingTransport(transport, self.loop)
         super().connection_made(wrapped)
 
+    def _unsupported_upgrade_warning(self) -> None:
+        # Served with ws="none", an upgrade request reaches the app as plain HTTP, and the pipeline refuses a
+        # WebSocket handshake with its own JSON error. uvicorn's warning (which blames a missing WebSocket
+        # library) would only mislead.
+        pass
+
 
 #: How uvicorn serves the proxy, wherever it runs (``serve``, ``demo``, the tests), as uvicorn.Config options.
 SERVER_OPTIONS: dict[str, Any] = {
     "http": ProxyHttpProtocol,
+    "ws": "none",  # WebSocket handshakes are refused by the pipeline (README "Forwarding")
     "access_log": False,  # the pipeline logs each request itself, with the request id and the user
     "proxy_headers": False,  # X-Forwarded-* are trusted only from PROXY_TRUSTED_PROXIES, by the pipeline
     "server_header": False,

@@ -10,7 +10,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .conftest import auth, token_for
+from proxy.app import create_app
+from proxy.sandbox.server import serve_in_thread
+from proxy.settings import Settings
+
+from .conftest import auth, base_env, token_for
 
 
 def test_a_slow_body_does_not_hold_back_the_head(proxy_url: str, client: httpx.Client) -> None:
@@ -49,17 +53,7 @@ def test_100_continue_and_a_bodiless_head_are_sent_at_once(proxy_url: str) -> No
 
 def test_a_websocket_handshake_is_refused_with_json(proxy_url: str) -> None:
     """WebSockets are not proxied: the handshake gets a JSON refusal at once, and the connection closes."""
-    address = urlsplit(proxy_url)
-    with socket.create_connection((address.hostname, address.port), timeout=5) as sock:
-        sock.sendall(
-            b"GET /api/v1/jobs HTTP/1.1\r\nHost: proxy\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-            b"X-Request-Id: ws-attempt-1\r\n\r\n"
-        )
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
+    head, _, body = _handshake(proxy_url, b"X-Request-Id: ws-attempt-1\r\n").partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 ")
     assert json.loads(body) == {
         "error": "WebSocket connections are not proxied; BPOC's API is plain HTTP.",
@@ -67,3 +61,24 @@ def test_a_websocket_handshake_is_refused_with_json(proxy_url: str) -> None:
         "status": 400,
         "requestId": "ws-attempt-1",
     }
+
+
+def _handshake(url: str, extra: bytes = b"") -> bytes:
+    address = urlsplit(url)
+    with socket.create_connection((address.hostname, address.port), timeout=5) as sock:
+        sock.sendall(
+            b"GET /api/v1/jobs HTTP/1.1\r\nHost: proxy\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s\r\n" % extra
+        )
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_served_with_uvicorn_websockets_a_handshake_is_refused_with_json_too(bpoc_url: str) -> None:
+    """Embedded in a server that does speak WebSocket (uvicorn's defaults), the app still refuses in JSON."""
+    with serve_in_thread(create_app(Settings.from_environ(base_env(bpoc_url)))) as url:
+        head, _, body = _handshake(url).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert json.loads(body)["error"] == "WebSocket connections are not proxied; BPOC's API is plain HTTP."
