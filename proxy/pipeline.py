@@ -79,7 +79,7 @@ class RequestHead:
     cookie: str | None = None  # every Cookie header, joined
     body_length: bytes | None = None  # Content-Length, b"chunked" for a body of unknown length, None: no body
     override: str | None = None  # the name of a method override header, if one was sent
-    websocket: bool = False  # Upgrade: websocket, a handshake
+    websocket: bool = False  # a WebSocket handshake
 
 
 class Pipeline:
@@ -320,7 +320,7 @@ class Pipeline:
 
 def _read_head(headers: list[tuple[bytes, bytes]], session_header: bytes) -> RequestHead:
     head = RequestHead("")
-    framed = False
+    framed = offers_websocket = asks_upgrade = False
     for name, value in headers:
         if name == session_header:
             head.session = value.decode("latin-1")
@@ -337,10 +337,15 @@ def _read_head(headers: list[tuple[bytes, bytes]], session_header: bytes) -> Req
             head.body_length = None if length in (b"0", b"") else length
         elif name in _OVERRIDE_NAMES:
             head.override = name.decode("latin-1")
-        elif name == b"upgrade" and b"websocket" in value.lower():
-            head.websocket = True
+        elif name == b"upgrade":
+            offers_websocket = b"websocket" in value.lower()
+        elif name == b"connection":
+            asks_upgrade = asks_upgrade or b"upgrade" in value.lower()
     if not head.request_id:
         head.request_id = _new_id()
+    head.websocket = (
+        offers_websocket and asks_upgrade
+    )  # a handshake: Upgrade, listed in Connection (RFC 9110)
     return head
 
 
