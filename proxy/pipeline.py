@@ -44,12 +44,6 @@ _SMALL_BODY = 256 * 1024
 _OVERRIDE_NAMES = frozenset(name.encode() for name in METHOD_OVERRIDE_HEADERS)
 
 
-def _websocket_refusal() -> BadRequest:
-    return BadRequest(
-        "WebSocket connections are not proxied; BPOC's API is plain HTTP.", headers={"Connection": "close"}
-    )
-
-
 class ClientGone(Exception):
     """The client closed its connection; there is nobody left to answer."""
 
@@ -343,10 +337,15 @@ def _read_head(headers: list[tuple[bytes, bytes]], session_header: bytes) -> Req
             asks_upgrade = asks_upgrade or b"upgrade" in value.lower()
     if not head.request_id:
         head.request_id = _new_id()
-    head.websocket = (
-        offers_websocket and asks_upgrade
-    )  # a handshake: Upgrade, listed in Connection (RFC 9110)
+    # A handshake names websocket in Upgrade and lists Upgrade in Connection (RFC 9110 section 7.8).
+    head.websocket = offers_websocket and asks_upgrade
     return head
+
+
+def _websocket_refusal() -> BadRequest:
+    return BadRequest(
+        "WebSocket connections are not proxied; BPOC's API is plain HTTP.", headers={"Connection": "close"}
+    )
 
 
 def _new_id() -> str:
