@@ -6,6 +6,8 @@ send() calls for every response, and a send() on a TCP socket is one of the dear
 next write on the connection, or until the event loop's next turn, whichever comes first. Bytes never change
 order and a head is never held back for longer than one turn of the loop, so a streamed response whose body is
 slow to come still sends its head at once.
+
+``SERVER_OPTIONS`` are the uvicorn options the proxy is served with, wherever it runs.
 """
 
 from __future__ import annotations
