@@ -1,6 +1,6 @@
 """The portal session: find it on the request, verify it, and turn it into a Principal (the portal user).
 
-Three ways to verify, chosen by ``Settings.auth_mode``::
+Three ways to verify, one entry each in ``VERIFIERS``, chosen by which of their settings is given::
 
     jwt_secret     a JWT signed with PORTAL_JWT_SECRET (HS256/384/512)
     jwks           a JWT signed with a key from PORTAL_JWKS_URL (RS256, ES256, EdDSA); unknown kid -> refetch
@@ -17,7 +17,8 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 import jwt
@@ -26,8 +27,10 @@ from jwt.types import Options
 
 from .errors import AuthenticationError, ConfigError, ServiceUnavailable
 from .jwks import JwksKeys
-from .settings import Settings
 from .singleflight import SingleFlight
+
+if TYPE_CHECKING:  # settings.py reads VERIFIERS, so the import goes one way at run time
+    from .settings import Settings
 
 log = logging.getLogger("proxy.auth")
 
@@ -98,22 +101,59 @@ def build_authenticator(
     settings: Settings, http: httpx.AsyncClient, *, timer: Callable[[], float] = time.monotonic
 ) -> Authenticator:
     """The authenticator for ``settings.auth_mode``; ``http`` makes the JWKS and session-service calls."""
-    if settings.auth_mode == "jwt_secret":
-        if not settings.jwt_secret:
-            raise ConfigError("PORTAL_JWT_SECRET is missing; it is needed to verify portal sessions")
-        if len(settings.jwt_secret.encode()) < 32:
-            log.warning(
-                "PORTAL_JWT_SECRET is shorter than 32 bytes; HS256 wants at least 32 (RFC 7518 section 3.2)"
-            )
-        return JwtAuthenticator(settings, _SecretKey(settings.jwt_secret), HMAC_ALGORITHMS, timer=timer)
-    if settings.auth_mode == "jwks":
-        if not settings.jwks_url:
-            raise ConfigError("PORTAL_JWKS_URL is missing; it is needed to verify portal sessions")
-        keys = JwksKeys(settings.jwks_url, http, settings.portal_timeout, timer=timer)
-        return JwtAuthenticator(settings, keys, JWKS_ALGORITHMS, timer=timer)
-    if not settings.session_url:
-        raise ConfigError("PORTAL_SESSION_URL is missing; it is needed to verify portal sessions")
-    return IntrospectionAuthenticator(settings, http, timer=timer)
+    verifier = next((v for v in VERIFIERS.values() if v.mode == settings.auth_mode), None)
+    if verifier is None:
+        raise ConfigError(f"no session verifier is called {settings.auth_mode!r}")
+    value = getattr(settings, verifier.field)
+    if not value:
+        raise ConfigError(f"{verifier.setting} is missing; it is needed to verify portal sessions")
+    return verifier.build(settings, value, http, timer)
+
+
+def _jwt_secret(
+    settings: Settings, secret: str, http: httpx.AsyncClient, timer: Callable[[], float]
+) -> Authenticator:
+    if len(secret.encode()) < 32:
+        log.warning(
+            "PORTAL_JWT_SECRET is shorter than 32 bytes; HS256 wants at least 32 (RFC 7518 section 3.2)"
+        )
+    return JwtAuthenticator(settings, _SecretKey(secret), HMAC_ALGORITHMS, timer=timer)
+
+
+def _jwks(settings: Settings, url: str, http: httpx.AsyncClient, timer: Callable[[], float]) -> Authenticator:
+    keys = JwksKeys(url, http, settings.portal_timeout, timer=timer)
+    return JwtAuthenticator(settings, keys, JWKS_ALGORITHMS, timer=timer)
+
+
+def _introspection(
+    settings: Settings, url: str, http: httpx.AsyncClient, timer: Callable[[], float]
+) -> Authenticator:
+    return IntrospectionAuthenticator(settings, url, http, timer=timer)
+
+
+@dataclass(frozen=True, slots=True)
+class Verifier:
+    """One way to verify portal sessions, chosen by setting ``setting`` (exactly one must be set)."""
+
+    setting: str  # the environment variable that selects it, and gives the secret or the URL
+    mode: str  # its name in Settings.auth_mode, /readyz and `bpoc-proxy check`
+    field: str  # the Settings field holding that value
+    secret: bool  # read as a secret (NAME or NAME_FILE) rather than as an http(s) URL
+    build: Callable[[Settings, str, httpx.AsyncClient, Callable[[], float]], Authenticator]
+
+
+#: The session verifiers, keyed by the setting that selects them: settings validation and the factory both read
+#: this table, so a new verifier is one entry here (and its Settings field).
+VERIFIERS: Mapping[str, Verifier] = MappingProxyType(
+    {
+        v.setting: v
+        for v in (
+            Verifier("PORTAL_JWT_SECRET", "jwt_secret", "jwt_secret", True, _jwt_secret),
+            Verifier("PORTAL_JWKS_URL", "jwks", "jwks_url", False, _jwks),
+            Verifier("PORTAL_SESSION_URL", "introspection", "session_url", False, _introspection),
+        )
+    }
+)
 
 
 # --- JWT ----------------------------------------------------------------------------------------------------
@@ -275,11 +315,14 @@ class IntrospectionAuthenticator(Authenticator):
     """Asks the portal's session service about an opaque session; remembers answers, refusals more briefly."""
 
     def __init__(
-        self, settings: Settings, http: httpx.AsyncClient, *, timer: Callable[[], float] = time.monotonic
+        self,
+        settings: Settings,
+        url: str,
+        http: httpx.AsyncClient,
+        *,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        if settings.session_url is None:
-            raise ConfigError("PORTAL_SESSION_URL is missing; it is needed to verify portal sessions")
-        self._url = settings.session_url
+        self._url = url
         self._cookie = settings.session_cookie
         self._timeout = settings.portal_timeout
         self._http = http

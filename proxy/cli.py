@@ -1,7 +1,12 @@
 """The command line: ``bpoc-proxy serve | check | explain | recruiters | demo``.
 
-Every failure an operator can cause (a bad setting, a bad rules file, BPOC unreachable) ends with one line on
-stderr and a non-zero exit status, never a traceback.
+Every failure an operator can cause (a bad argument, a bad setting, a bad rules file, BPOC unreachable) ends
+with one line on stderr and a documented exit status, never a traceback::
+
+    0  done (explain: the request would be forwarded)
+    1  explain: the request would be refused; recruiters: BPOC cannot be reached
+    2  a usage error, a bad setting or rules file (start-up errors of serve included)
+    3  explain --directory: BPOC's directory cannot be read
 """
 
 from __future__ import annotations
@@ -11,12 +16,31 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
-from .errors import ConfigError, ProxyError
+from .errors import ConfigError, ProxyError, ServiceUnavailable
 
-EXIT_CONFIG = 2
+if TYPE_CHECKING:
+    from .explain import ExplainRequest, Verdict
+    from .rules import RuleSet
+    from .settings import Settings
+
+EXIT_REFUSED = 1
 EXIT_UNAVAILABLE = 1
+EXIT_CONFIG = 2
+EXIT_NO_DIRECTORY = 3
+
+
+class UsageError(Exception):
+    """A command-line argument cannot be used; the message is one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (usage on request only) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_CONFIG, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.run(args)
-    except ConfigError as exc:
+    except (ConfigError, UsageError) as exc:
         print(f"bpoc-proxy: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
@@ -33,9 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bpoc-proxy", description="Attribution-injecting reverse proxy for BPOC."
-    )
+    parser = _Parser(prog="bpoc-proxy", description="Attribution-injecting reverse proxy for BPOC.")
     parser.add_argument("--version", action="version", version=f"bpoc-proxy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -51,12 +73,22 @@ def _parser() -> argparse.ArgumentParser:
         "explain", help="show what the proxy would do with a request, sending nothing"
     )
     explain.add_argument("method", help="HTTP method, such as POST")
-    explain.add_argument("path", help="request path, such as /api/v1/jobs/create")
+    explain.add_argument("path", help="request path and optional query, such as /api/v1/jobs/create")
     explain.add_argument("--email", help="the caller's email (portal session)")
     explain.add_argument("--user-id", default="portal-user", help="the caller's portal user id")
-    explain.add_argument("--recruiter-id", help="the caller's BPOC recruiter UUID (default: a placeholder)")
-    explain.add_argument("--body", default="", help="the request body as JSON, or @FILE")
-    explain.add_argument("--rules", type=Path, help="rules file (default: PROXY_RULES or rules.yaml)")
+    explain.add_argument(
+        "--recruiter-id", help="the BPOC recruiter UUID the session carries (default: looked up by email)"
+    )
+    explain.add_argument("--role", help="the role the session carries (default: the directory's, unchecked)")
+    explain.add_argument("--body", default="", help="the request body as JSON, @FILE, or @- for stdin")
+    explain.add_argument(
+        "--content-type", help="the body's Content-Type (default: application/json when there is a body)"
+    )
+    explain.add_argument("--rules", type=Path, help="rules file (default: PROXY_RULES)")
+    explain.add_argument(
+        "--directory", action="store_true", help="read BPOC's recruiter directory with the configured key"
+    )
+    explain.add_argument("--json", action="store_true", help="print the verdict as one JSON object")
     explain.set_defaults(run=_explain)
 
     recruiters = commands.add_parser(
@@ -121,52 +153,59 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    import os
+    import json
 
-    from .paths import normalise_path
-    from .rewrite import Caller, decode_body, plan, render
+    from .auth import Principal
+    from .explain import ExplainRequest
     from .rules_file import load_rules
+    from .settings import Settings
 
-    rules = load_rules(args.rules or Path(os.environ.get("PROXY_RULES") or "rules.yaml"))
-    method = args.method.upper()
+    settings = Settings.from_environ(offline=not args.directory)
+    rules = load_rules(args.rules or settings.rules_path)
+    body = _read_body_argument(args.body)
+    principal = Principal(args.user_id, args.email, args.recruiter_id, args.role)
+    content_type = (
+        args.content_type if args.content_type is not None else ("application/json" if body else None)
+    )
+    request = ExplainRequest(args.method, args.path, body, content_type, principal)
     try:
-        path = normalise_path(args.path.split("?", 1)[0].encode("utf-8"))
-    except ProxyError as exc:
-        print(f"{method} {args.path}: refused with {exc.status_code}: {exc.message}")
-        return 0
-    match = rules.match(method, path)
-    print(f"{method} {path}")
-    if match is None:
-        verdict = "refused with 403 (unlisted: deny)" if rules.unlisted == "deny" else "forwarded unchanged"
-        print(f"  no rule or route matches: {verdict}")
-        return 0
-    roles = ", ".join(sorted(match.roles)) or "any"
-    if match.rule is None:
-        print(
-            f"  route (line {match.route.line if match.route else '?'}): forwarded unchanged; roles: {roles}"
-        )
-        return 0
-    rule = match.rule
-    print(f"  rule: {rules.path}:{rule.line}  {rule.method} {rule.template}")
-    print(f"  roles: {roles}; report-only: {'yes' if rule.report_only else 'no'}")
-    recruiter = args.recruiter_id or f"<recruiter id of {args.email or 'the caller'}>"
-    raw = Path(args.body[1:]).read_bytes() if args.body.startswith("@") else args.body.encode("utf-8")
+        verdict: Verdict = asyncio.run(_explain_with(settings, rules, request, directory=args.directory))
+    except ServiceUnavailable as exc:
+        print(f"bpoc-proxy: --directory: {exc.message}", file=sys.stderr)
+        return EXIT_NO_DIRECTORY
+    print(json.dumps(verdict.as_json(), ensure_ascii=False) if args.json else verdict.as_text())
+    return 0 if verdict.outcome == "forwarded" else EXIT_REFUSED
+
+
+async def _explain_with(
+    settings: Settings, rules: RuleSet, request: ExplainRequest, *, directory: bool
+) -> Verdict:
+    """The verdict, offline, or with BPOC's directory read through the configured key (``--directory``)."""
+    import httpx
+
+    from .explain import OfflineDirectory, explain
+    from .recruiters import RecruiterDirectory
+    from .upstream import ApiKey
+
+    if not directory:
+        return await explain(rules, request, OfflineDirectory(), settings.max_body_bytes)
+    async with httpx.AsyncClient(trust_env=False, timeout=settings.upstream_timeout) as http:
+        live = RecruiterDirectory(settings, http, ApiKey(settings).get)
+        await live.refresh()  # ServiceUnavailable: BPOC cannot be read, exit 3
+        return await explain(rules, request, live, settings.max_body_bytes)
+
+
+def _read_body_argument(value: str) -> bytes:
+    """--body: JSON text, @FILE, or @- for standard input; an unreadable file is a one-line usage error."""
+    if not value.startswith("@"):
+        return value.encode("utf-8")
+    name = value[1:]
+    if name == "-":
+        return sys.stdin.buffer.read()
     try:
-        body = decode_body(raw, "application/json", None, 10 * 1024 * 1024)
-        decided = plan(rule, body.data, Caller(recruiter, args.user_id, args.email), frozenset())
-    except ProxyError as exc:
-        print(f"  refused with {exc.status_code}: {exc.message}")
-        return 0
-    for write in decided.writes:
-        print(f"  writes {write.field} = {write.value}")
-    if decided.refusal is not None:
-        action = "would log, then forward as sent" if rule.report_only else "refused"
-        print(f"  {action}: {decided.refusal.status_code}: {decided.refusal.message}")
-        return 0
-    sent = raw if rule.report_only else render(body, decided)
-    print("  body sent to BPOC:")
-    print("  " + (sent.decode("utf-8") or "(empty)"))
-    return 0
+        return Path(name).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--body: cannot read {str(Path(name).absolute())!r}: {exc.strerror}") from None
 
 
 def _recruiters(args: argparse.Namespace) -> int:

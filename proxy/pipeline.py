@@ -19,13 +19,22 @@ from typing import Any
 import simplejson
 
 from . import logs
+from .attribution import (
+    AttributedRequest,
+    Attribution,
+    admit,
+    audit_record,
+    is_stale_refusal,
+    prepare,
+    replay,
+    require_role,
+)
 from .auth import Authenticator, Principal, extract_token
 from .cors import Cors
 from .engine import EngineResponse, Headers
-from .errors import AuthenticationError, BadRequest, Forbidden, PayloadTooLarge, ProxyError
+from .errors import AuthenticationError, BadRequest, PayloadTooLarge, ProxyError
 from .paths import METHOD_OVERRIDE_HEADERS, check_method_override, normalise_path
 from .recruiters import RecruiterDirectory
-from .rewrite import Caller, JsonBody, Plan, check_query, decode_body, plan, render
 from .rules import Rule, RuleSet
 from .settings import Settings
 from .upstream import Client, Upstream, is_trusted, request_headers, response_headers
@@ -38,8 +47,6 @@ Send = Callable[[Message], Awaitable[None]]
 log = logging.getLogger("proxy.pipeline")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
-# BPOC's answers that mean "the recruiter ID you sent is stale" (the guide's Troubleshooting section).
-_STALE_RECRUITER = ("Recruiter does not belong to your agency", "Invalid recruiter")
 _SMALL_BODY = 256 * 1024
 _OVERRIDE_NAMES = frozenset(name.encode() for name in METHOD_OVERRIDE_HEADERS)
 
@@ -151,21 +158,24 @@ class Pipeline:
         if head.override is not None:
             check_method_override([head.override])
         rules = self._rules()
-
         principal = None if rules.is_public(method, path) else await self._authenticate(head)
         exchange.user_id = principal.user_id if principal else None
-        match = rules.match(method, path)
-        if match is None and rules.unlisted == "deny":
-            raise Forbidden(f"{method} {path} is not a route this proxy allows (unlisted: deny).")
+        match = admit(rules, method, path)
 
         query: bytes = scope.get("query_string", b"")
         target = f"{path}?{query.decode('latin-1')}" if query else path
         outgoing = self._outgoing_headers(scope, exchange)
         if match is not None and match.rule is not None:
-            await self._attributed(match.rule, principal, scope, receive, send, exchange, target, outgoing)
+            if (
+                principal is None
+            ):  # a rule route cannot be public (rules_file refuses that); fail closed anyway
+                raise AuthenticationError("This route is attributed and requires a portal session.")
+            raw = await _read_body(receive, self._settings.max_body_bytes)
+            request = self._attributed_request(match.rule, query, raw, outgoing)
+            await self._attributed(request, principal, method, target, outgoing, receive, send, exchange)
             return
         if match is not None and match.roles:
-            await self._require_role(match.roles, principal)
+            await require_role(match.roles, principal, self._directory)
         await self._pass_through(method, target, outgoing, head.body_length, receive, send, exchange)
 
     async def _authenticate(self, head: RequestHead) -> Principal:
@@ -176,16 +186,6 @@ class Pipeline:
                 error="invalid_request",
             )
         return await self._auth.authenticate(token)
-
-    async def _require_role(self, roles: frozenset[str], principal: Principal | None) -> None:
-        if principal is None:
-            raise AuthenticationError("This route requires a portal session.", error="invalid_request")
-        role = await self._directory.role_of(principal)  # the session's role, else the directory's (cached)
-        if role not in roles:
-            allowed = ", ".join(sorted(roles))
-            raise Forbidden(
-                f"This route requires one of the roles {allowed}; your role is {role or 'not set'}."
-            )
 
     def _outgoing_headers(self, scope: Scope, exchange: Exchange) -> Headers:
         client_host = scope["client"][0] if scope.get("client") else None
@@ -198,56 +198,41 @@ class Pipeline:
             request_id=exchange.request_id,
         )
 
+    def _attributed_request(
+        self, rule: Rule, query: bytes, raw: bytes, outgoing: Headers
+    ) -> AttributedRequest:
+        content_type = _header(outgoing, b"content-type")
+        content_encoding = _header(outgoing, b"content-encoding")
+        return AttributedRequest(
+            rule, query, raw, content_type, content_encoding, self._settings.max_body_bytes
+        )
+
     async def _attributed(
         self,
-        rule: Rule,
-        principal: Principal | None,
-        scope: Scope,
+        request: AttributedRequest,
+        principal: Principal,
+        method: str,
+        target: str,
+        outgoing: Headers,
         receive: Receive,
         send: Send,
         exchange: Exchange,
-        target: str,
-        outgoing: Headers,
     ) -> None:
-        if principal is None:
-            raise AuthenticationError("This route is attributed and requires a portal session.")
-        raw = await _read_body(receive, self._settings.max_body_bytes)
-        check_query(rule, scope.get("query_string", b""))
-        content_type = _header(outgoing, b"content-type")
-        content_encoding = _header(outgoing, b"content-encoding")
-        body = decode_body(raw, content_type, content_encoding, self._settings.max_body_bytes)
-        identity = await self._directory.resolve(principal) if rule.needs_recruiter else None
-        if rule.roles:
-            await self._require_role(rule.roles, principal)
-
-        rewritten = [(n, v) for n, v in outgoing if n not in (b"content-encoding", b"content-type")]
-        rewritten.append(
-            (b"content-type", content_type.encode("latin-1") if content_type else b"application/json")
-        )
+        attribution = await prepare(request, principal, self._directory)
         attribution_id = _new_id()
         exchange.extra_headers.append((b"x-attribution-id", attribution_id.encode()))
-
-        async def attempt(body: JsonBody, recruiter_id: str | None) -> EngineResponse:
-            caller = Caller(recruiter_id, principal.user_id, principal.email)
-            active = await self._directory.active_ids() if rule.has_reference else frozenset[str]()
-            decided = plan(rule, body.data, caller, active)
-            exchange.audit = _audit_fields(attribution_id, rule, recruiter_id, decided, exchange.audit)
-            if rule.report_only:  # the one deliberate exception to failing closed: forward as sent
-                return await self._upstream.send(scope["method"], target, list(outgoing), raw)
-            sent = render(body, decided)
-            return await self._upstream.send(scope["method"], target, list(rewritten), sent)
-
-        response = await attempt(body, identity.recruiter_id if identity else None)
-        if identity is None or rule.report_only or not 400 <= response.status < 500:
+        headers = outgoing if request.rule.report_only else _json_headers(outgoing, request.content_type)
+        response = await self._forward(attribution, attribution_id, method, target, headers, exchange)
+        if attribution.recruiter_id is None or request.rule.report_only or not 400 <= response.status < 500:
             await self._respond(response, receive, send, exchange)
             return
         # BPOC may know this recruiter under a new ID (re-created): re-sync once and replay (issue 3).
         answer = await self._upstream.read(response)
         response.release()
-        new_id = None
-        if any(marker.encode() in answer for marker in _STALE_RECRUITER):
-            new_id = await self._directory.resync(principal, identity.recruiter_id)
-        if new_id is None:
+        again = None
+        if is_stale_refusal(response.status, answer):
+            again = await replay(attribution, principal, self._directory)
+        if again is None:
             headers = response_headers(response.raw_headers, drop_cors=self._cors.enabled)
             await _send_whole(send, exchange, response.status, headers, answer)
             return
@@ -255,8 +240,23 @@ class Pipeline:
             "BPOC refused a stale recruiter ID; replaying once with the re-synced ID",
             extra={"fields": {"requestId": exchange.request_id, "userId": principal.user_id}},
         )
-        fresh = decode_body(raw, content_type, content_encoding, self._settings.max_body_bytes)
-        await self._respond(await attempt(fresh, new_id), receive, send, exchange)
+        response = await self._forward(again, attribution_id, method, target, headers, exchange)
+        await self._respond(response, receive, send, exchange)
+
+    async def _forward(
+        self,
+        attribution: Attribution,
+        attribution_id: str,
+        method: str,
+        target: str,
+        headers: Headers,
+        exchange: Exchange,
+    ) -> EngineResponse:
+        """Send an attribution on, after recording it for the audit line; a refused one is raised instead."""
+        exchange.audit = audit_record(attribution_id, attribution)
+        if attribution.refusal is not None:
+            raise attribution.refusal
+        return await self._upstream.send(method, target, list(headers), attribution.sent)
 
     async def _pass_through(
         self,
@@ -354,6 +354,13 @@ def _new_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
+def _json_headers(outgoing: Headers, content_type: str | None) -> Headers:
+    """The headers of a rewritten body: plain (no Content-Encoding), with the client's JSON type or the default."""
+    headers = [(n, v) for n, v in outgoing if n not in (b"content-encoding", b"content-type")]
+    headers.append((b"content-type", content_type.encode("latin-1") if content_type else b"application/json"))
+    return headers
+
+
 def _header(headers: Headers, name: bytes) -> str | None:
     for key, value in headers:
         if key == name:
@@ -435,24 +442,6 @@ async def _send_error(send: Send, exchange: Exchange, exc: ProxyError) -> None:
     )
     exchange.extra_headers = [h for h in exchange.extra_headers if h[0] != b"x-attribution-id"]
     await _send_whole(send, exchange, exc.status_code, headers, body)
-
-
-def _audit_fields(
-    attribution_id: str, rule: Rule, recruiter_id: str | None, decided: Plan, earlier: dict[str, Any] | None
-) -> dict[str, Any]:
-    """The audit record of one attributed request: which rule wrote what, for whom (never the body)."""
-    fields: dict[str, Any] = {
-        "attributionId": attribution_id,
-        "rule": f"{rule.method} {rule.template}",
-        "recruiterId": recruiter_id,
-        "writes": {write.field: write.value for write in decided.writes},
-        "reportOnly": rule.report_only,
-    }
-    if decided.refusal is not None:
-        fields["wouldRefuse" if rule.report_only else "refused"] = decided.refusal.message
-    if earlier is not None:
-        fields["replayedAfter"] = earlier["recruiterId"]
-    return fields
 
 
 def _log_exchange(exchange: Exchange) -> None:

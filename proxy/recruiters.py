@@ -155,7 +155,7 @@ class RecruiterDirectory:
         if carried is not None and carried.lower() not in self._refused:
             # The session names the recruiter; a role, if a route needs one, comes from role_of().
             return Identity(carried, principal.role)
-        email = _email(principal)
+        email = email_of(principal)
         recruiter = await self._find(email)
         if recruiter is None:
             recruiter = await self._provision(principal, email)
@@ -377,7 +377,8 @@ class RecruiterDirectory:
             raise ServiceUnavailable("BPOC cannot be reached to create your recruiter account") from exc
 
 
-def _email(principal: Principal) -> str:
+def email_of(principal: Principal) -> str:
+    """The lowercase email the directory is searched by; Forbidden if the session carries none."""
     if principal.email is None:
         raise Forbidden(
             "Your portal session carries neither a BPOC recruiter ID nor an email, so no BPOC recruiter can "

@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Literal, NoReturn, TypeAlias, get_args
 
 from .errors import ConfigError
+from .modes import MODES, Mode
 
-FieldMode = Literal["set", "default", "enforce", "reference"]
 ValueSource = Literal["recruiter", "user_id", "email"]
 Unlisted = Literal["forward", "deny"]
 
-MODES: tuple[FieldMode, ...] = get_args(FieldMode)
 VALUE_SOURCES: tuple[ValueSource, ...] = get_args(ValueSource)
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 #: The method of an entry that applies to every method (also spelled ``ANY`` in the file).
@@ -39,7 +38,7 @@ class FieldRule:
     """One attribution field: where in the body (``("metadata", "performedBy")``), how, and with what."""
 
     path: tuple[str, ...]
-    mode: FieldMode
+    mode: Mode
     value: ValueSource
 
     @property
@@ -61,11 +60,12 @@ class Rule:
     @property
     def needs_recruiter(self) -> bool:
         """Whether the caller's BPOC recruiter ID (or the agency's directory) is needed to apply this rule."""
-        return any(f.value == "recruiter" or f.mode == "reference" for f in self.fields)
+        return any(f.value == "recruiter" or MODES[f.mode].consults_roster for f in self.fields)
 
     @property
-    def has_reference(self) -> bool:
-        return any(f.mode == "reference" for f in self.fields)
+    def consults_roster(self) -> bool:
+        """Whether a mode of this rule checks client values against the agency's active recruiters."""
+        return any(MODES[f.mode].consults_roster for f in self.fields)
 
 
 @dataclass(frozen=True, slots=True)

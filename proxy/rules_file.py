@@ -32,10 +32,10 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import ConfigError
+from .modes import MODES, Mode
 from .rules import (
     ANY_METHOD,
     METHODS,
-    MODES,
     VALUE_SOURCES,
     FieldRule,
     PublicPath,
@@ -86,7 +86,8 @@ def _compose_for_message(text: str, source: str) -> Node | None:
 # -- Reading the YAML node tree (nodes keep their line numbers) ----------------------------------------------
 
 _TOP_KEYS = ("rules", "routes", "public", "unlisted", "report_only")
-_RULE_KEYS = ("match", *MODES, "roles", "report_only")
+_MODE_KEYS = frozenset(Mode)  # StrEnum members: "set" in _MODE_KEYS, whatever the Python version
+_RULE_KEYS = ("match", *(mode.value for mode in Mode), "roles", "report_only")
 _ROUTE_KEYS = ("match", "roles")
 _STR, _BOOL = "tag:yaml.org,2002:str", "tag:yaml.org,2002:bool"
 _KINDS = {"null": "null", "bool": "true/false", "int": "a number", "float": "a number", "str": "text"}
@@ -193,7 +194,7 @@ class _Reader:
     def fields(self, keys: _Keys, where: str) -> tuple[FieldRule, ...]:
         found: dict[tuple[str, ...], tuple[str, int]] = {}
         fields: list[FieldRule] = []
-        for mode in MODES:
+        for mode in Mode:
             if mode not in keys:
                 continue
             for name, (key, value) in self.mapping(keys[mode][1], f"{where}.{mode}", None).items():
@@ -215,16 +216,14 @@ class _Reader:
             )
         return parts
 
-    def source_name(self, value: Node, place: str, mode: str) -> ValueSource:
+    def source_name(self, value: Node, place: str, mode: Mode) -> ValueSource:
         text = self.text(value, place)
         if text not in VALUE_SOURCES:
             self.fail(value, place, f"unknown value {text!r} (expected one of: {', '.join(VALUE_SOURCES)})")
-        if mode == "reference" and text != "recruiter":
-            self.fail(
-                value,
-                place,
-                f"a reference field names a recruiter, so its value is 'recruiter', got {text!r}",
-            )
+        allowed = MODES[mode].values
+        if text not in allowed:
+            choices = " or ".join(repr(v) for v in VALUE_SOURCES if v in allowed)
+            self.fail(value, place, f"a {mode} field takes {choices} as its value, got {text!r}")
         return text
 
     def check_conflicts(
@@ -292,7 +291,7 @@ class _Reader:
                     place,
                     f"duplicate key (first given at line {keys[key.value][0].start_mark.line + 1})",
                 )
-            if allowed is _ROUTE_KEYS and key.value in MODES:
+            if allowed is _ROUTE_KEYS and key.value in _MODE_KEYS:
                 self.fail(key, place, "a routes entry has no fields; put an entry with fields under 'rules'")
             if allowed is not None and key.value not in allowed:
                 self.fail(key, place, _unknown_key(key.value, allowed))

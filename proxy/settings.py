@@ -1,7 +1,8 @@
 """Settings: read once from the environment at start-up, validated, frozen.
 
-Tests pass a plain dict; nothing else in the package reads ``os.environ``. Every error names the setting, in one
-line, so an operator can fix a Deployment without reading a traceback.
+``Settings.from_environ`` is where the environment is read: tests pass a plain dict, the command line passes
+nothing (``os.environ``). Every error names the setting, in one line, so an operator can fix a Deployment without
+reading a traceback.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 from urllib.parse import urlsplit
 
+from .auth import VERIFIERS, Verifier
 from .errors import ConfigError
 
-AuthMode = Literal["jwt_secret", "jwks", "introspection"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -50,7 +50,7 @@ class Settings:
     # The portal session
     session_header: str = "Authorization"
     session_cookie: str | None = None
-    auth_mode: AuthMode = "jwt_secret"
+    auth_mode: str = "jwt_secret"  # the mode of the session verifier chosen (auth.VERIFIERS)
     jwt_secret: str | None = field(default=None, repr=False)
     jwks_url: str | None = None
     session_url: str | None = None
@@ -75,12 +75,12 @@ class Settings:
     recruiter_auto_provision: bool = False
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_environ(cls, environ: Mapping[str, str] | None = None, *, offline: bool = False) -> Settings:
+        """The settings from ``environ`` (default ``os.environ``). ``offline``: for commands that call neither
+        BPOC nor the portal (``explain``), the agency key and the session verifier may be missing."""
         env = _Env(os.environ if environ is None else environ)
-        api_key, api_key_file = _api_key(env)
-        jwt_secret = env.secret("PORTAL_JWT_SECRET")
-        jwks_url = env.url("PORTAL_JWKS_URL")
-        session_url = env.url("PORTAL_SESSION_URL")
+        api_key, api_key_file = _api_key(env, required=not offline)
+        verifier, verifier_value = _verifier(env, required=not offline)
         base_url = _origin(env.text("BPOC_BASE_URL", "https://bpoc.io"))
         return cls(
             bpoc_base_url=base_url,
@@ -104,10 +104,8 @@ class Settings:
             access_log=env.flag("PROXY_ACCESS_LOG", True),
             session_header=env.text("PORTAL_SESSION_HEADER", "Authorization"),
             session_cookie=env.optional("PORTAL_SESSION_COOKIE"),
-            auth_mode=_auth_mode(jwt_secret, jwks_url, session_url),
-            jwt_secret=jwt_secret,
-            jwks_url=jwks_url,
-            session_url=session_url,
+            auth_mode=verifier.mode,
+            **{verifier.field: verifier_value},
             session_cache_ttl=env.number("PORTAL_SESSION_CACHE_TTL", 60.0, minimum=0),
             session_failure_ttl=env.number("PORTAL_SESSION_FAILURE_TTL", 5.0, minimum=0),
             portal_timeout=env.number("PORTAL_TIMEOUT", 5.0, minimum=0.001),
@@ -213,11 +211,11 @@ def read_secret_file(path: Path, setting: str) -> str:
     return value
 
 
-def _api_key(env: _Env) -> tuple[str | None, Path | None]:
+def _api_key(env: _Env, *, required: bool) -> tuple[str | None, Path | None]:
     direct, path = env.optional("BPOC_API_KEY"), env.optional("BPOC_API_KEY_FILE")
     if direct is not None and path is not None:
         raise ConfigError("BPOC_API_KEY and BPOC_API_KEY_FILE are both set; set only one of them")
-    if direct is None and path is None:
+    if direct is None and path is None and required:
         raise ConfigError("BPOC_API_KEY is missing and has no default; set BPOC_API_KEY or BPOC_API_KEY_FILE")
     if path is not None:
         read_secret_file(Path(path), "BPOC_API_KEY_FILE")  # fail at start-up, not on the first request
@@ -297,17 +295,18 @@ def _networks(value: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
-def _auth_mode(jwt_secret: str | None, jwks_url: str | None, session_url: str | None) -> AuthMode:
-    candidates: tuple[tuple[str, AuthMode, str | None], ...] = (
-        ("PORTAL_JWT_SECRET", "jwt_secret", jwt_secret),
-        ("PORTAL_JWKS_URL", "jwks", jwks_url),
-        ("PORTAL_SESSION_URL", "introspection", session_url),
+def _verifier(env: _Env, *, required: bool) -> tuple[Verifier, str | None]:
+    """The one session verifier whose setting is given (auth.VERIFIERS), and its secret or URL."""
+    given = []
+    for verifier in VERIFIERS.values():
+        value = env.secret(verifier.setting) if verifier.secret else env.url(verifier.setting)
+        if value is not None:
+            given.append((verifier, value))
+    if len(given) == 1:
+        return given[0]
+    if not given and not required:
+        return next(iter(VERIFIERS.values())), None
+    names = ", ".join(verifier.setting for verifier, _ in given) if given else "none of them"
+    raise ConfigError(
+        f"set exactly one of {', '.join(VERIFIERS)} to choose how portal sessions are verified (set: {names})"
     )
-    given = [(name, mode) for name, mode, value in candidates if value is not None]
-    if len(given) != 1:
-        names = ", ".join(name for name, _ in given) if given else "none of them"
-        raise ConfigError(
-            "set exactly one of PORTAL_JWT_SECRET, PORTAL_JWKS_URL or PORTAL_SESSION_URL "
-            f"to choose how portal sessions are verified (set: {names})"
-        )
-    return given[0][1]

@@ -6,6 +6,7 @@ import re
 
 import yaml
 
+from proxy.auth import VERIFIERS
 from proxy.settings import Settings
 
 from .conftest import ROOT
@@ -16,7 +17,7 @@ SETTINGS_SOURCE = (ROOT / "proxy" / "settings.py").read_text()
 
 
 def settings_read_by_code() -> set[str]:
-    names = set(re.findall(r'"([A-Z][A-Z0-9_]{3,})"', SETTINGS_SOURCE))
+    names = set(re.findall(r'"([A-Z][A-Z0-9_]{3,})"', SETTINGS_SOURCE)) | set(VERIFIERS)
     return {name for name in names if "_" in name}
 
 

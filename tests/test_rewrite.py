@@ -1,4 +1,5 @@
-"""Rewriting bodies: decoding strictly, planning each mode, applying, and writing the rest back untouched."""
+"""Rewriting bodies: decoding strictly (jsonbody), planning each mode (modes), applying, and writing the rest back
+untouched."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 import simplejson
 
+from proxy.attribution import check_query
 from proxy.errors import (
     BadRequest,
     Forbidden,
@@ -18,14 +20,15 @@ from proxy.errors import (
     Unprocessable,
     UnsupportedMediaType,
 )
-from proxy.rewrite import Caller, Plan, Write, apply, check_query, decode_body, encode_body, plan, render
-from proxy.rules import FieldMode, FieldRule, Rule, ValueSource
+from proxy.jsonbody import decode_body, encode_body, render
+from proxy.modes import ActiveRecruiters, Caller, Mode, Plan, Write, apply, plan
+from proxy.rules import FieldRule, Rule, ValueSource
 
 ME = "f47ac10b-58cc-4372-a567-0e02b2c3d479"
 COLLEAGUE = "0b7e5f8c-1d2a-4c3b-9e8f-7a6b5c4d3e2f"
 STRANGER = "99999999-9999-4999-8999-999999999999"
 CALLER = Caller(recruiter_id=ME, user_id="portal-42", email="bob@agency.example")
-ACTIVE = frozenset({ME, COLLEAGUE})
+ACTIVE = ActiveRecruiters(frozenset({ME, COLLEAGUE}))
 JSON = "application/json"
 MAX = 1024
 
@@ -34,9 +37,11 @@ def _decode(raw: bytes, content_type: str | None = JSON, encoding: str | None = 
     return decode_body(raw, content_type, encoding, MAX).data
 
 
-def _rule(*fields: tuple[str, FieldMode, ValueSource]) -> Rule:
+def _rule(*fields: tuple[str, str, ValueSource]) -> Rule:
     return Rule(
-        "POST", "/x", tuple(FieldRule(tuple(name.split(".")), mode, value) for name, mode, value in fields)
+        "POST",
+        "/x",
+        tuple(FieldRule(tuple(name.split(".")), Mode(mode), value) for name, mode, value in fields),
     )
 
 
@@ -460,7 +465,7 @@ def test_gzip_exactly_max_bytes_is_fine() -> None:
     ],
 )
 def test_plan(
-    field: tuple[str, FieldMode, ValueSource],
+    field: tuple[str, str, ValueSource],
     body: dict[str, Any],
     writes: dict[str, str],
     refusal: type[ProxyError] | None,
@@ -492,7 +497,7 @@ def test_plan(
     ],
 )
 def test_missing_caller_value_is_403(
-    field: tuple[str, FieldMode, ValueSource], body: dict[str, Any], caller: Caller
+    field: tuple[str, str, ValueSource], body: dict[str, Any], caller: Caller
 ) -> None:
     """A value the session does not have cannot be written: 403, naming the field."""
     result = plan(_rule(field), body, caller, ACTIVE)
@@ -520,9 +525,7 @@ def test_reference_empty_without_recruiter_id_is_422() -> None:
         ),
     ],
 )
-def test_missing_caller_value_not_needed(
-    field: tuple[str, FieldMode, ValueSource], body: dict[str, Any]
-) -> None:
+def test_missing_caller_value_not_needed(field: tuple[str, str, ValueSource], body: dict[str, Any]) -> None:
     """A value that would not be written is not needed."""
     assert plan(_rule(field), body, Caller(None, "u", None), ACTIVE) == Plan((), None)
 

@@ -316,7 +316,7 @@ def test_fields_and_flags() -> None:
     assert (a.report_only, b.report_only, c.report_only) == (True, False, True)
     assert rules.report_only is True
     assert (a.needs_recruiter, b.needs_recruiter, c.needs_recruiter) == (True, True, False)
-    assert (a.has_reference, b.has_reference, c.has_reference) == (False, True, False)
+    assert (a.consults_roster, b.consults_roster, c.consults_roster) == (False, True, False)
 
 
 @pytest.mark.parametrize(
@@ -616,8 +616,8 @@ def test_load_rules_unreadable(tmp_path: Path, content: bytes | None, message: s
         pytest.param(
             "rules:\n  - match: POST /a\n    reference: {interviewerId: email}\n",
             (
-                "rules.yaml:3: rules[0].reference.interviewerId: a reference field names a recruiter, so "
-                "its value is 'recruiter', got 'email'"
+                "rules.yaml:3: rules[0].reference.interviewerId: a reference field takes 'recruiter' as its "
+                "value, got 'email'"
             ),
             id="reference-email",
         ),

@@ -1,12 +1,4 @@
-"""Rewriting a JSON body by a rule: pure functions, no I/O.
-
-The pipeline calls them in this order on a rule route::
-
-    check_query(rule, query_string)                    # no query parameter may shadow a field
-    body = decode_body(raw, content_type, content_encoding, max_bytes)
-    result = plan(rule, body.data, caller, active_recruiters)
-    # report-only: log result.writes (and result.refusal) and forward the original bytes unchanged
-    raw = render(body, result)                          # raises result.refusal; plain application/json
+"""The JSON body of a rule route: decoded strictly, and rendered with the proxy's writes.
 
 Decoding is strict where parsers disagree, so that the value the proxy checks is the value BPOC reads:
 duplicate keys anywhere are refused (JSON parsers differ on which one wins), as are NaN and Infinity, invalid
@@ -22,38 +14,19 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Container, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 import simplejson
 
-from .errors import BadRequest, Forbidden, PayloadTooLarge, ProxyError, Unprocessable, UnsupportedMediaType
-from .rules import FieldRule, Rule
+from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from .modes import Plan, Write, apply, json_kind
 
 _BOM = b"\xef\xbb\xbf"
-_MISSING: Any = object()
 _TOO_DEEP = "The request body is nested too deeply."
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """The session facts a rule can write: the BPOC recruiter ID (if known), portal user id and email."""
-
-    recruiter_id: str | None
-    user_id: str
-    email: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Write:
-    """One value the proxy writes: the field's dotted name and the value."""
-
-    field: str
-    value: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,14 +35,6 @@ class JsonBody:
 
     data: dict[str, Any]
     text: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What a rule does to one body: the writes, and the refusal if the request must not be forwarded."""
-
-    writes: tuple[Write, ...]
-    refusal: ProxyError | None = None
 
 
 # -- Decoding ------------------------------------------------------------------------------------------------
@@ -179,7 +144,7 @@ def _parse(raw: bytes) -> dict[str, Any]:
     except RecursionError:  # the codec's own depth guard (Python's recursion limit, ~1000 levels)
         raise BadRequest(_TOO_DEEP) from None
     if not isinstance(body, dict):
-        raise BadRequest(f"The request body must be a JSON object, not {_json_kind(body)}.")
+        raise BadRequest(f"The request body must be a JSON object, not {json_kind(body)}.")
     if _SURROGATE_ESCAPE.search(text) and any(_has_lone_surrogate(s) for s in _strings(body)):
         raise BadRequest("The request body contains an unpaired UTF-16 surrogate escape such as \\ud800.")
     return body
@@ -243,18 +208,6 @@ def _has_lone_surrogate(text: str) -> bool:
     return False
 
 
-def _json_kind(value: Any) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return "a number"
-
-
 # Built once: simplejson.loads/dumps with arguments build a new codec on every call.
 _DECODER = simplejson.JSONDecoder(
     parse_float=_Number, parse_int=_parse_int, object_pairs_hook=_object, allow_nan=False
@@ -295,131 +248,3 @@ def encode_body(body: Mapping[str, Any]) -> bytes:
     except RecursionError:  # parsed a little higher up the stack than it is written here
         raise BadRequest(_TOO_DEEP) from None
     return text.encode("utf-8")
-
-
-# -- Planning and applying the writes ------------------------------------------------------------------------
-
-
-def plan(rule: Rule, body: Mapping[str, Any], caller: Caller, active_recruiters: Container[str]) -> Plan:
-    """The writes ``rule`` makes to ``body`` for ``caller``, and the first refusal, if any.
-
-    Planning goes on past a refusal, so report-only mode can log everything the rule would write.
-    ``active_recruiters`` holds the agency's active recruiter IDs, lowercase; it is consulted for
-    ``reference`` fields only.
-    """
-    writes: list[Write] = []
-    refusal: ProxyError | None = None
-    for field in rule.fields:
-        try:
-            write = _plan_field(field, body, caller, active_recruiters)
-        except ProxyError as exc:
-            refusal = refusal or exc
-            continue
-        if write is not None:
-            writes.append(write)
-    return Plan(tuple(writes), refusal)
-
-
-def _plan_field(
-    field: FieldRule, body: Mapping[str, Any], caller: Caller, active: Container[str]
-) -> Write | None:
-    sent = _lookup(body, field)
-    if field.mode == "set" or sent is None:
-        return Write(field.name, _caller_value(field, caller))
-    if field.mode == "default":
-        return None
-    if field.mode == "enforce":
-        mine = _caller_value(field, caller)
-        if not (isinstance(sent, str) and _same(field, sent, mine)):
-            raise Forbidden(
-                f"The field {field.name} must be your own {_NOUNS[field.value]} ({mine}), or left out."
-            )
-        return None
-    # reference: the caller's own ID, or any active recruiter of the agency
-    if isinstance(sent, str) and sent and (sent.lower() in active or sent in active or _is_me(sent, caller)):
-        return None
-    raise Unprocessable(
-        f"The field {field.name} names {_short(sent)}, which is not an active recruiter of this agency."
-    )
-
-
-def _is_me(sent: str, caller: Caller) -> bool:
-    return caller.recruiter_id is not None and sent.lower() == caller.recruiter_id.lower()
-
-
-_NOUNS = {"recruiter": "BPOC recruiter ID", "user_id": "portal user id", "email": "email address"}
-
-
-def _lookup(body: Mapping[str, Any], field: FieldRule) -> Any:
-    """What the client sent for ``field`` (None when absent or null); BadRequest if its path is blocked."""
-    node: Any = body
-    for depth, key in enumerate(field.path):
-        if node is None:
-            return None
-        if not isinstance(node, Mapping):
-            blocked = ".".join(field.path[:depth])
-            raise BadRequest(
-                f"The field {field.name} cannot be written because {blocked} is {_json_kind(node)}, not an object."
-            )
-        node = node.get(key)
-    return node
-
-
-def _caller_value(field: FieldRule, caller: Caller) -> str:
-    value = {"recruiter": caller.recruiter_id, "user_id": caller.user_id, "email": caller.email}[field.value]
-    if not value:
-        raise Forbidden(
-            f"The field {field.name} needs your {_NOUNS[field.value]}, and your session has none."
-        )
-    return value
-
-
-def _same(field: FieldRule, sent: str, mine: str) -> bool:
-    # UUIDs and email addresses compare without regard to case; an opaque portal user id compares exactly.
-    return sent == mine if field.value == "user_id" else sent.lower() == mine.lower()
-
-
-def _short(value: Any) -> str:
-    text = repr(value) if isinstance(value, str) else _json_kind(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def apply(body: dict[str, Any], plan: Plan) -> dict[str, Any]:
-    """Do the writes of ``plan`` in ``body`` itself (mutated and returned), creating objects on the way.
-
-    A null on the way counts as absent and becomes an object. A plan with a refusal is not applied: its
-    refusal is raised, so a forgotten check cannot forward a refused body.
-    """
-    if plan.refusal is not None:
-        raise plan.refusal
-    for write in plan.writes:
-        *parents, last = write.field.split(".")
-        node = body
-        for key in parents:
-            child = node.get(key)
-            if child is None:
-                child = node[key] = {}
-            elif not isinstance(child, dict):
-                raise BadRequest(f"The field {write.field} cannot be written because {key} is not an object.")
-            node = child
-        node[last] = write.value
-    return body
-
-
-def check_query(rule: Rule, query_string: bytes) -> None:
-    """Refuse a query parameter named like one of the rule's fields (a second value BPOC might read).
-
-    Names are percent-decoded and compared case-insensitively with each field's top-level and dotted name;
-    bracket forms such as ``metadata[performedBy]`` or ``postedBy[]`` count too.
-    """
-    if not query_string:
-        return
-    names = {f.path[0].lower() for f in rule.fields} | {f.name.lower() for f in rule.fields}
-    for part in re.split(rb"[&;]", query_string):
-        raw_name = part.split(b"=", 1)[0].replace(b"+", b" ")
-        name = unquote_to_bytes(raw_name).decode("utf-8", "replace").strip().lower()
-        dotted = re.sub(r"\[([^\]]*)\]", r".\1", name).rstrip(".")
-        if name in names or dotted in names or dotted.split(".", 1)[0] in names:
-            raise BadRequest(
-                f"The query parameter {name!r} has the name of a field the proxy writes; remove it."
-            )
