@@ -1,6 +1,7 @@
 """The exceptions of bpoc-proxy.
 
-Every refusal the proxy makes is one of these, turned into a JSON response in one place (``app.py``)::
+Every refusal the proxy makes is one of these, turned into a JSON response in one place (``_send_error`` in
+``pipeline.py``)::
 
     ProxyError                   base; carries the HTTP status and one readable sentence
     ├── ClientError              the request itself is wrong

@@ -112,14 +112,74 @@ def test_explain_shows_the_rule_and_the_body_sent() -> None:
 
 
 def test_explain_shows_refusals_and_unmatched_routes() -> None:
-    """`explain` says when a request would be refused, or forwarded unchanged."""
+    """`explain` exits 1 with the status and sentence a client would get, 0 when the request would be forwarded."""
     env = {"PROXY_RULES": str(ROOT / "rules.yaml")}
     result = run(
-        "explain", "POST", "/api/v1/applications/1/release", "--body", '{"releasedBy": "x"}', env=env
+        "explain",
+        "POST",
+        "/api/v1/applications/1/release",
+        "--email",
+        "bob@agency.example",
+        "--body",
+        '{"releasedBy": "x"}',
+        env=env,
     )
-    assert "403" in result.stdout
+    assert result.returncode == 1, result.stderr
+    assert "refused with 403 (forbidden): The field releasedBy must be your own" in result.stdout
     result = run("explain", "GET", "/api/v1/jobs", env=env)
+    assert result.returncode == 0, result.stderr
     assert "forwarded unchanged" in result.stdout
+
+
+def test_explain_asks_no_one_by_default(bpoc_url: str, bpoc_state: BpocState) -> None:
+    """Offline, what depends on BPOC's directory is listed as unchecked, and BPOC hears nothing."""
+    result = run(
+        "explain",
+        "POST",
+        "/api/v1/interviews",
+        "--email",
+        "bob@agency.example",
+        "--body",
+        '{"interviewerId": "0f00640a-4b31-43cd-999d-cb945e2cd5a0"}',
+        env=base_env(bpoc_url),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "interviewerId: must be an active recruiter of the agency; not checked offline" in result.stdout
+    assert bpoc_state.requests == []
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        pytest.param(["POST"], "the following arguments are required: path", id="missing-path"),
+        pytest.param(["POST", "/x", "--bogus"], "unrecognized arguments: --bogus", id="unknown-option"),
+        pytest.param(
+            ["POST", "/x", "--body", "@/missing.json"], "--body: cannot read '/missing.json'", id="body-file"
+        ),
+        pytest.param(["POST", "/x", "--rules", "/missing.yaml"], "/missing.yaml", id="rules-file"),
+    ],
+)
+def test_explain_usage_errors_are_one_line_with_status_2(args: list[str], expected: str) -> None:
+    result = run("explain", *args, env={"PROXY_RULES": str(ROOT / "rules.yaml")})
+    assert result.returncode == 2, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr, result.stderr
+
+
+def test_explain_with_an_unreachable_directory_exits_3() -> None:
+    """--directory asks BPOC; when it cannot be read, one line and exit status 3."""
+    result = run(
+        "explain",
+        "POST",
+        "/api/v1/jobs/create",
+        "--email",
+        "bob@agency.example",
+        "--directory",
+        env=base_env("http://127.0.0.1:9"),
+    )
+    assert result.returncode == 3, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bpoc-proxy: --directory:"), result.stderr
 
 
 def test_recruiters_lists_the_directory(bpoc_url: str, bpoc_state: BpocState) -> None:
