@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -78,11 +79,11 @@ def proxy_url(start_proxy: ProxyFactory) -> str:
     return start_proxy()
 
 
-def token_for(email: str = "bob@agency.example", *, sub: str | None = None, **claims: object) -> str:
-    return mint_hs(JWT_SECRET, sub=sub or email.split("@")[0], email=email, **claims)  # type: ignore[arg-type]
+def token_for(email: str = "bob@agency.example", *, sub: str | None = None, **claims: Any) -> str:
+    return mint_hs(JWT_SECRET, sub=sub or email.split("@")[0], email=email, **claims)
 
 
-def auth(email: str = "bob@agency.example", **claims: object) -> dict[str, str]:
+def auth(email: str = "bob@agency.example", **claims: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {token_for(email, **claims)}"}
 
 

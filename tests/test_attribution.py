@@ -6,13 +6,15 @@ import gzip
 import http.client
 import json
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import simplejson
 
-from proxy.sandbox.seed import ALICE_ID, BOB_ID, IVAN_ID, MALLORY_ID, MARIA_ID, BpocState
+from proxy.sandbox.seed import ALICE_ID, BOB_ID, IVAN_ID, MALLORY_ID, MARIA_ID, BpocState, RecordedRequest
 
 from .conftest import auth, base_env
 
@@ -22,16 +24,16 @@ TASK_ID = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-def forwarded(state: BpocState) -> list[object]:
+def forwarded(state: BpocState) -> list[RecordedRequest]:
     """What reached BPOC, less the proxy's own directory calls."""
     return [r for r in state.requests if r.path != "/api/v1/agency/recruiters"]
 
 
-def sent_body(state: BpocState, path: str) -> dict[str, object]:
+def sent_body(state: BpocState, path: str) -> dict[str, Any]:
     """The JSON body the sandbox received on the last request to ``path``."""
     received = [r for r in state.requests if r.path == path]
     assert received, f"nothing reached BPOC at {path}"
-    parsed: dict[str, object] = simplejson.loads(received[-1].body or b"{}", use_decimal=True)
+    parsed: dict[str, Any] = simplejson.loads(received[-1].body or b"{}", use_decimal=True)
     return parsed
 
 
@@ -396,7 +398,7 @@ def test_unknown_content_encoding_is_refused(
 def test_chunked_body_is_read_whole(proxy_url: str, client: httpx.Client, bpoc_state: BpocState) -> None:
     """A chunked upload on a rule route is read whole, rewritten and sent with a Content-Length."""
 
-    def chunks():
+    def chunks() -> Iterator[bytes]:
         yield b'{"title": '
         yield b'"chunked"}'
 
@@ -505,8 +507,8 @@ def test_report_only_forwards_the_body_as_sent_and_logs_the_writes(
     assert response.status_code == 201, response.text
     assert bpoc_state.requests[-1].body == body
     records = [r for r in caplog.records if r.name == "proxy.audit"]
-    assert records and records[-1].fields["writes"] == {"postedBy": BOB_ID}  # type: ignore[attr-defined]
-    assert records[-1].fields["attributionId"] == response.headers["x-attribution-id"]  # type: ignore[attr-defined]
+    assert records and records[-1].fields["writes"] == {"postedBy": BOB_ID}
+    assert records[-1].fields["attributionId"] == response.headers["x-attribution-id"]
     assert "secret-title" not in caplog.text
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from proxy.sandbox.seed import BpocState
 
-from .conftest import auth, base_env
+from .conftest import ProxyFactory, auth, base_env
 
 PORTAL = "https://portal.agency.example"
 PREFLIGHT = {
@@ -18,7 +18,7 @@ PREFLIGHT = {
 
 
 @pytest.fixture
-def cors_proxy(start_proxy, bpoc_url: str) -> str:
+def cors_proxy(start_proxy: ProxyFactory, bpoc_url: str) -> str:
     return start_proxy(base_env(bpoc_url, PROXY_CORS_ORIGINS=f"{PORTAL}, https://other.agency.example"))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -91,7 +92,7 @@ class Outcome:
 
 def _live(proxy_url: str, state: BpocState, case: Case, *, carried: bool) -> Outcome:
     recruiter_id, role = PEOPLE[case.who]
-    claims: dict[str, object] = {"bpoc_recruiter_id": recruiter_id, "role": role} if carried else {}
+    claims: dict[str, Any] = {"bpoc_recruiter_id": recruiter_id, "role": role} if carried else {}
     headers = {"Authorization": f"Bearer {token_for(f'{case.who}@agency.example', **claims)}"}
     if case.content_type:
         headers["Content-Type"] = case.content_type

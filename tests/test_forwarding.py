@@ -9,12 +9,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from proxy.sandbox.bpoc import create_bpoc_app
-from proxy.sandbox.seed import BpocState
+from proxy.sandbox.seed import BpocState, RecordedRequest
 from proxy.sandbox.server import serve_in_thread
 
 from .conftest import API_KEY, ROOT, auth, base_env, token_for
@@ -102,7 +103,7 @@ def test_hop_by_hop_request_headers_are_stripped(
     assert received.header("host") == bpoc_state_host(received)
 
 
-def bpoc_state_host(received) -> str:
+def bpoc_state_host(received: RecordedRequest) -> str:
     value = received.header("host")
     assert value is not None and value.startswith("127.0.0.1:")
     return value
@@ -373,7 +374,7 @@ def test_streamed_upload_keeps_its_content_length(
 def test_chunked_upload_passes_chunked(proxy_url: str, client: httpx.Client, bpoc_state: BpocState) -> None:
     """A pass-through upload of unknown length is streamed on chunked."""
 
-    def body():
+    def body() -> Iterator[bytes]:
         yield b"a" * 1000
         yield b"b" * 1000
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from proxy.errors import ConfigError
+from proxy.modes import Mode
 from proxy.rules import FieldRule, Match, Route, Rule, RuleSet
 from proxy.rules_file import load_rules, parse_rules
 
@@ -251,7 +252,9 @@ def test_match_types() -> None:
     rule_match = rules.match("POST", "/api/v1/jobs/create")
     route_match = rules.match("GET", "/api/v1/jobs/1")
     assert rule_match == Match(
-        Rule("POST", "/api/v1/jobs/create", (FieldRule(("postedBy",), "set", "recruiter"),), line=3), None, {}
+        Rule("POST", "/api/v1/jobs/create", (FieldRule(("postedBy",), Mode.SET, "recruiter"),), line=3),
+        None,
+        {},
     )
     assert route_match == Match(
         None, Route("GET", "/api/v1/jobs/{id}", frozenset({"viewer"}), line=20), {"id": "1"}
@@ -264,7 +267,10 @@ def test_matching_many_rules() -> None:
     rules = RuleSet(
         tuple(
             Rule(
-                "POST", f"/api/v1/r{i}/{{id}}/x{i % 7}", (FieldRule((f"by{i}",), "set", "recruiter"),), line=i
+                "POST",
+                f"/api/v1/r{i}/{{id}}/x{i % 7}",
+                (FieldRule((f"by{i}",), Mode.SET, "recruiter"),),
+                line=i,
             )
             for i in range(10_000)
         )
@@ -280,7 +286,7 @@ def test_matching_many_rules() -> None:
 
 def test_duplicate_in_code_built_ruleset() -> None:
     """A RuleSet built in code checks duplicates too, naming the entries."""
-    rule = Rule("POST", "/a/{x}", (FieldRule(("by",), "set", "recruiter"),), line=4)
+    rule = Rule("POST", "/a/{x}", (FieldRule(("by",), Mode.SET, "recruiter"),), line=4)
     with pytest.raises(
         ConfigError, match=r"^rules\.yaml:9: routes\[0\]\.match: duplicate route POST /A/\{y\}: "
     ):
@@ -307,9 +313,9 @@ def test_fields_and_flags() -> None:
     )
     a, b, c = rules.rules
     assert a.fields == (
-        FieldRule(("metadata", "performedBy"), "set", "recruiter"),
-        FieldRule(("metadata", "portalUser"), "set", "user_id"),
-        FieldRule(("contact",), "default", "email"),
+        FieldRule(("metadata", "performedBy"), Mode.SET, "recruiter"),
+        FieldRule(("metadata", "portalUser"), Mode.SET, "user_id"),
+        FieldRule(("contact",), Mode.DEFAULT, "email"),
     )
     assert a.fields[0].name == "metadata.performedBy"
     assert a.roles == {"admin", "manager"}
