@@ -13,6 +13,8 @@ import contextlib
 import gc
 import logging
 import signal
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -38,7 +40,9 @@ WARM_UP_SECONDS = 3.0
 
 
 class ProxyApp:
-    def __init__(self, settings: Settings, rules: RuleSet) -> None:
+    def __init__(
+        self, settings: Settings, rules: RuleSet, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.settings = settings
         self.rules = RulesHolder(settings.rules_path, rules)
         self.api_key = ApiKey(settings)
@@ -46,8 +50,9 @@ class ProxyApp:
             timeout=settings.portal_timeout, follow_redirects=False, trust_env=False
         )
         self.upstream = Upstream(settings, self.api_key)
-        self.authenticator = build_authenticator(settings, self.http)
-        self.directory = RecruiterDirectory(settings, self.http, self.api_key.get)
+        # The clock of every cache and back-off (sessions, keys, directory): tests move it instead of sleeping.
+        self.authenticator = build_authenticator(settings, self.http, timer=clock)
+        self.directory = RecruiterDirectory(settings, self.http, self.api_key.get, timer=clock)
         self.pipeline = Pipeline(settings, self.rules.get, self.authenticator, self.directory, self.upstream)
         self.ready = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -161,9 +166,13 @@ class ProxyApp:
         return JSONResponse(body, status_code=200 if self.ready else 503)
 
 
-def create_app(settings: Settings, rules: RuleSet | None = None) -> ProxyApp:
-    """Build the app; a bad rules file raises ConfigError here, before a socket is opened."""
-    return ProxyApp(settings, rules if rules is not None else load_rules(settings.rules_path))
+def create_app(
+    settings: Settings, rules: RuleSet | None = None, *, clock: Callable[[], float] = time.monotonic
+) -> ProxyApp:
+    """Build the app; a bad rules file raises ConfigError here, before a socket is opened. ``clock`` is the
+    monotonic clock of the caches and back-offs (tests pass one they can move)."""
+    rules = rules if rules is not None else load_rules(settings.rules_path)
+    return ProxyApp(settings, rules, clock=clock)
 
 
 def from_environ() -> ProxyApp:

@@ -64,11 +64,16 @@ def start_proxy(bpoc_url: str) -> Iterator[ProxyFactory]:
     """Start a proxy in front of the sandbox; keyword arguments are environment overrides."""
     with ExitStack() as stack:
 
-        def start(env: Mapping[str, str] | None = None, **overrides: str) -> str:
+        def start(
+            env: Mapping[str, str] | None = None,
+            *,
+            clock: Callable[[], float] = time.monotonic,
+            **overrides: str,
+        ) -> str:
             settings = Settings.from_environ(
                 dict(env) if env is not None else base_env(bpoc_url, **overrides)
             )
-            app = create_app(settings)
+            app = create_app(settings, clock=clock)
             return stack.enter_context(serve_in_thread(app, **SERVER_OPTIONS))
 
         yield start

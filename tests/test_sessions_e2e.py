@@ -33,7 +33,7 @@ from proxy.sandbox.server import bind_socket, serve_in_thread
 from proxy.sandbox.tokens import SigningKey, mint_alg_none, mint_hs, mint_with_key
 from proxy.settings import Settings
 
-from .conftest import API_KEY, JWT_SECRET, ProxyFactory, auth, base_env, token_for
+from .conftest import API_KEY, JWT_SECRET, FakeTimer, ProxyFactory, auth, base_env, token_for
 
 JOBS = "/api/v1/jobs/create"
 ISSUER = "https://portal.agency.example"
@@ -460,16 +460,16 @@ def test_jwks_rotation_costs_one_fetch(
     portal_state: PortalState,
     client: httpx.Client,
     bpoc_state: BpocState,
-    monkeypatch: pytest.MonkeyPatch,
+    timer: FakeTimer,
 ) -> None:
     """After the portal rotates its keys, a token with the new kid is accepted after exactly one JWKS fetch."""
-    # The proxy refetches on an unknown kid at most once a minute; shorten that so the test need not wait one.
-    monkeypatch.setattr(jwks_module, "JWKS_REFETCH_INTERVAL", 0.3)
-    url = start_proxy(portal_env(bpoc_url, PORTAL_JWKS_URL=portal_url + "/.well-known/jwks.json"))
+    url = start_proxy(
+        portal_env(bpoc_url, PORTAL_JWKS_URL=portal_url + "/.well-known/jwks.json"), clock=timer
+    )
     assert portal_state.calls["jwks"] == 1  # fetched at start-up
     old = mint_with_key(portal_state.keys[0], sub="bob", email=BOB)
     assert post_job(client, url, {"Authorization": f"Bearer {old}"}).status_code == 201
-    time.sleep(0.4)
+    timer.advance(jwks_module.JWKS_REFETCH_INTERVAL + 1)  # an unknown kid may now cause a refetch
 
     new_key = portal_state.rotate("ES256")
     for n in range(10):
@@ -706,22 +706,22 @@ class FlakyBpoc:
 
 @pytest.mark.parametrize(
     ("stale_ttl", "status"),
-    [("60", 201), ("0.3", 503)],
+    [("60", 201), ("5", 503)],
     ids=["within-stale-ttl", "past-stale-ttl"],
 )
 def test_stale_entry_served_while_directory_is_down(
-    start_proxy: ProxyFactory, client: httpx.Client, stale_ttl: str, status: int
+    start_proxy: ProxyFactory, client: httpx.Client, timer: FakeTimer, stale_ttl: str, status: int
 ) -> None:
     """An expired cache entry stands in while the directory fails, for RECRUITER_STALE_TTL seconds, then 503."""
     bpoc = FlakyBpoc()
     with serve_in_thread(bpoc.app()) as upstream:
-        env = base_env(upstream, RECRUITER_CACHE_TTL="0.5", RECRUITER_STALE_TTL=stale_ttl)
-        url = start_proxy(env)
+        env = base_env(upstream, RECRUITER_CACHE_TTL="10", RECRUITER_STALE_TTL=stale_ttl)
+        url = start_proxy(env, clock=timer)
         assert post_job(client, url, auth(BOB)).status_code == 201
         assert bpoc.jobs[-1]["postedBy"] == BOB_ID
         bpoc.directory_status = 503
         calls_before = bpoc.directory_calls
-        time.sleep(0.6)
+        timer.advance(11)  # past the cache ttl, and past the shorter stale ttl
         response = post_job(client, url, auth(BOB), title="while the directory is down")
         assert bpoc.directory_calls > calls_before  # the entry had expired: the directory was asked
         if status == 201:
