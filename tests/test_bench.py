@@ -1,4 +1,6 @@
-"""The benchmark runs end to end (``python -m bench --quick``): Python upstream and load generator, no timings."""
+"""A smoke test of the benchmark harness (``python -m bench --quick``): Python upstream and load generator, no
+timings judged. It checks the report's shape, not a fixed list of cases, so a new benchmark case needs no change
+here."""
 
 from __future__ import annotations
 
@@ -8,20 +10,6 @@ import sys
 from pathlib import Path
 
 from .conftest import ROOT
-
-THROUGHPUT_CASES = {
-    "ceiling_post",
-    "upstream_post",
-    "upstream_get",
-    "engine_httpx",
-    "engine_aiohttp",
-    "proxy_x1_post_session",
-    "proxy_x1_post_cache",
-    "proxy_x1_get",
-    "proxy_x2_post_cache",
-    "proxy_x2_get",
-}
-STREAM_CASES = {"download_direct", "download_proxy", "upload_direct", "upload_proxy"}
 
 
 def test_quick_benchmark_writes_every_case(tmp_path: Path) -> None:
@@ -44,13 +32,13 @@ def test_quick_benchmark_writes_every_case(tmp_path: Path) -> None:
     [written] = tmp_path.glob("*.json")
     assert f"results written to {written}" in stdout
     results = json.loads(written.read_text())
-    assert set(results["cases"]) == THROUGHPUT_CASES
-    assert set(results["streaming"]) == STREAM_CASES
+    assert results["cases"] and results["streaming"], "the report has throughput and streaming cases"
+    assert {"ceiling_post", "proxy_x1_post_cache"} <= set(results["cases"]), "the baseline and the main case"
     for key, case in {**results["cases"], **results["streaming"]}.items():
         assert case["error"] is None, f"{key}: {case['error']}"
         assert case["runs"], key
-    assert results["matcher"]["error"] is None
-    assert {t["rules"] for t in results["matcher"]["timings"]} == {10, 10_000}
-    assert set(results["idle_rss_mb"]) == {"proxy x1", "proxy x2"}
-    assert len(results["targets"]) == 9
-    assert all(target["value"] is not None for target in results["targets"])
+    assert results["matcher"]["error"] is None and results["matcher"]["timings"]
+    assert results["idle_rss_mb"]
+    assert results["targets"], "every target is judged"
+    for target in results["targets"]:
+        assert target["value"] is not None, target
