@@ -98,7 +98,7 @@ class LatestSnapshot:
     def fresh_entry(self, email: str) -> Recruiter | None:
         """The fresh snapshot's recruiter for ``email`` (lowercase), unless that entry is doubted."""
         snapshot = self.fresh()
-        if snapshot is None or email in self._doubted:
+        if snapshot is None or (self._doubted and email in self._doubted):
             return None
         return snapshot.by_email.get(email)
 

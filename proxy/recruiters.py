@@ -183,7 +183,14 @@ class RecruiterDirectory:
     # --- lookups ----------------------------------------------------------------------------------------------
 
     async def _find(self, email: str) -> Recruiter | None:
-        """The recruiter for ``email`` (lowercase), or None: the one place every lookup's outcome passes."""
+        """The recruiter for ``email`` (lowercase), or None.
+
+        The one place every lookup's outcome is known: a hit returns first (the common case, answered without
+        awaiting another coroutine); _lookup() says which of the others it was.
+        """
+        recruiter = self._known(email)
+        if recruiter is not None:
+            return recruiter  # Lookup.HIT
         outcome, recruiter = await self._lookup(email)
         if outcome is Lookup.STALE:
             log.warning(
@@ -193,9 +200,7 @@ class RecruiterDirectory:
         return recruiter
 
     async def _lookup(self, email: str) -> tuple[Lookup, Recruiter | None]:
-        known = self._known(email)
-        if known is not None:
-            return Lookup.HIT, known
+        """An email _known() does not know: remembered as unknown, else read from BPOC, else stale."""
         if email in self._unknown:
             return Lookup.NEGATIVE, None
         try:
