@@ -568,3 +568,13 @@ async def test_provisioned_recruiter_unlisted_by_a_lagging_directory_costs_no_re
         assert await provisioning.resolve(user("lag@agency.example")) == first
     assert bpoc.directory_calls == calls + 1
     assert len(bpoc.create_calls) == 1
+
+
+async def test_cache_ttl_zero_reads_the_directory_for_every_lookup(bpoc, bpoc_url, http, timer):
+    """RECRUITER_CACHE_TTL=0: nothing is served from memory, yet each read finds the user it was made for."""
+    directory = RecruiterDirectory(
+        make_settings(bpoc_url, recruiter_cache_ttl=0), http, lambda: API_KEY, timer=timer
+    )
+    for calls in (1, 2):
+        assert (await directory.resolve(user())).recruiter_id == ALICE_ID
+        assert bpoc.directory_calls == calls
