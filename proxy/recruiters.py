@@ -1,52 +1,52 @@
 """Portal user -> BPOC recruiter UUID, in this order:
 
-1. a ``bpoc_recruiter_id`` carried by the verified session itself;
+1. a ``bpoc_recruiter_id`` carried by the verified session itself, unless BPOC refused that ID as stale lately;
 2. the agency's BPOC directory (``GET /api/v1/agency/recruiters``), matched by email case-insensitively,
-   inactive recruiters excluded; held in a TTL cache, unknown emails cached negatively for a shorter time,
-   one directory call for any number of concurrent misses, refreshed in the background, and served stale
-   while BPOC is down;
+   inactive recruiters excluded. The whole directory is read at once into a snapshot, which answers for
+   RECRUITER_CACHE_TTL s, is read again in the background every RECRUITER_SYNC_INTERVAL s, and still answers
+   for up to RECRUITER_STALE_TTL s while BPOC is down. An email the fresh snapshot lacks costs one read (shared
+   by any number of concurrent misses) and is then remembered as unknown for RECRUITER_NEGATIVE_TTL s;
 3. nothing found: 403, or with RECRUITER_AUTO_PROVISION the recruiter is created
    (``POST /api/v1/recruiters/create``), once per user even under concurrent requests.
 
-When BPOC refuses an ID as stale, ``resync`` looks the user up again so the pipeline can replay once. The
-agency API key is read through a callable (it may rotate) and never logged; emails and recruiter IDs may be.
+When BPOC refuses an ID as stale, ``resync`` looks the user up again so the pipeline can replay once. What is
+remembered between requests, and its bounds, is in ``recruiter_memory.py``; the calls to BPOC are in
+``recruiter_api.py``. The agency API key is read through a callable (it may rotate) and never logged; emails and
+recruiter IDs may be.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
-from cachetools import TTLCache
 
 from .auth import Principal
 from .errors import Forbidden, ServiceUnavailable
+from .recruiter_api import Recruiter, create_recruiter, fetch_directory, not_created
+from .recruiter_memory import Backoff, Bound, ExpiringSet, LatestSnapshot, Provisioned, Snapshot
 from .settings import Settings
 from .singleflight import SingleFlight
 
+__all__ = [
+    "DIRECTORY_RETRY_AFTER_FAILURE",
+    "Identity",
+    "Lookup",
+    "Recruiter",
+    "RecruiterDirectory",
+    "fetch_directory",
+]
+
 log = logging.getLogger("proxy.recruiters")
 
-DIRECTORY_PATH = "/api/v1/agency/recruiters"
-CREATE_PATH = "/api/v1/recruiters/create"
-#: Bound on cached emails; far above any agency's headcount, there only so memory cannot grow without limit.
-CACHE_SIZE = 100_000
-_DIRECTORY = "directory"  # the single-flight key of the whole-directory fetch
+#: Seconds after a failed directory read during which requests do not read it again (README, "Decisions").
 DIRECTORY_RETRY_AFTER_FAILURE = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Recruiter:
-    id: str
-    email: str
-    is_active: bool
-    role: str | None
-    first_name: str | None = None
-    last_name: str | None = None
+_DIRECTORY = "directory"  # the single-flight key of the whole-directory read
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,63 +57,29 @@ class Identity:
     role: str | None
 
 
-async def fetch_directory(
-    http: httpx.AsyncClient, base_url: str, api_key: str, timeout: float
-) -> list[Recruiter]:
-    """Every recruiter of the agency, active or not; ServiceUnavailable (one sentence) if BPOC cannot say."""
-    try:
-        response = await http.get(
-            base_url.rstrip("/") + DIRECTORY_PATH,
-            headers={"X-API-Key": api_key, "Accept": "application/json"},
-            timeout=timeout,
-        )
-    except httpx.HTTPError as exc:
-        raise ServiceUnavailable(
-            f"The BPOC recruiter directory cannot be reached ({type(exc).__name__})"
-        ) from exc
-    if response.status_code in (401, 403):
-        raise ServiceUnavailable(
-            f"BPOC refused the agency API key when listing recruiters (HTTP {response.status_code})"
-        )
-    if not response.is_success:
-        raise ServiceUnavailable(f"The BPOC recruiter directory answered HTTP {response.status_code}")
-    try:
-        document = response.json()
-    except ValueError:
-        document = None
-    entries = document.get("recruiters") if isinstance(document, dict) else None
-    if not isinstance(entries, list):
-        raise ServiceUnavailable("The BPOC recruiter directory gave an answer without a list of recruiters")
-    return [recruiter for recruiter in map(_recruiter, entries) if recruiter is not None]
+class Lookup(enum.Enum):
+    """How a lookup of an email in the directory was answered."""
 
-
-def _recruiter(entry: Any) -> Recruiter | None:
-    if not isinstance(entry, dict):
-        return None
-    rid, email = _text(entry.get("id")), _text(entry.get("email"))
-    if rid is None or email is None:
-        log.debug("skipped a directory entry without an id or email")
-        return None
-    return Recruiter(
-        id=rid,
-        email=email,
-        # Only an explicit false excludes: the guide filters on is_active = true, older answers may omit it.
-        is_active=entry.get("is_active") is not False,
-        role=_text(entry.get("role")),
-        first_name=_text(entry.get("firstName")),
-        last_name=_text(entry.get("lastName")),
-    )
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, str):
-        value = value.strip()
-        return value or None
-    return None
+    HIT = "hit"  # the fresh snapshot, or a recruiter this process created
+    NEGATIVE = "negative"  # the email is remembered as unknown
+    MISS = "miss"  # neither: BPOC's directory was read for it (whether it was found or not)
+    STALE = "stale"  # the directory could not be read: the last usable snapshot answered
 
 
 class RecruiterDirectory:
-    """The agency's recruiters by email, cached per worker process; see the module docstring for the order."""
+    """The agency's recruiters by email, for one worker process; see the module docstring for the order.
+
+    What it remembers, one structure per concern (each states its invariant in ``recruiter_memory.py``):
+
+    - ``_latest``: the latest snapshot of BPOC's directory, and whether it is fresh or only usable while BPOC
+      is down;
+    - ``_unknown``: emails BPOC does not list, so that a stranger costs one read per RECRUITER_NEGATIVE_TTL;
+    - ``_refused``: recruiter IDs BPOC refused as stale, so that a session carrying one falls through to the
+      directory and a second refusal within RECRUITER_NEGATIVE_TTL costs no second read;
+    - ``_provisioned``: recruiters this process created that the directory does not list yet;
+    - ``_backoff``: whether a request may read the directory now;
+    - ``_reading`` and ``_creating``: single flights, one directory read and one creation per email at a time.
+    """
 
     def __init__(
         self,
@@ -127,27 +93,14 @@ class RecruiterDirectory:
         self._http = http
         self._api_key = api_key
         self._timer = timer
-        # email -> (expires at, recruiter). A plain dict, not a TTLCache: every attributed request looks here, and
-        # a hit must cost one lookup and one compare. It holds what BPOC listed at the last refresh (which
-        # replaces it whole) plus recruiters created since, so it is as big as the directory.
-        self._by_email: dict[str, tuple[float, Recruiter]] = {}
-        self._unknown: TTLCache[str, bool] = TTLCache(
-            CACHE_SIZE, settings.recruiter_negative_ttl, timer=timer
-        )
-        # Used only when a fetch fails: email -> (recruiter, when BPOC last listed it).
-        self._stale: dict[str, tuple[Recruiter, float]] = {}
-        # IDs BPOC refused as stale recently: a session carrying one falls through to the directory, and a
-        # second refusal of the same ID does not cost another directory fetch.
-        self._refused: TTLCache[str, bool] = TTLCache(
-            CACHE_SIZE, settings.recruiter_negative_ttl, timer=timer
-        )
-        # Recruiters this process created, in case the directory lags behind: never create a user twice.
-        self._provisioned: dict[str, Recruiter] = {}
-        self._active: frozenset[str] | None = None
-        self._snapshot_at: float | None = None
-        self._failed_at: float | None = None
-        self._fetch: SingleFlight[str, None] = SingleFlight()
-        self._create: SingleFlight[str, Recruiter] = SingleFlight()
+        self._bound = Bound()
+        self._latest = LatestSnapshot(settings.recruiter_cache_ttl, settings.recruiter_stale_ttl, timer)
+        self._unknown: ExpiringSet[str] = ExpiringSet(settings.recruiter_negative_ttl, self._bound, timer)
+        self._refused: ExpiringSet[str] = ExpiringSet(settings.recruiter_negative_ttl, self._bound, timer)
+        self._provisioned = Provisioned(self._bound)
+        self._backoff = Backoff(DIRECTORY_RETRY_AFTER_FAILURE, timer)
+        self._reading: SingleFlight[str, Snapshot] = SingleFlight()
+        self._creating: SingleFlight[str, Recruiter] = SingleFlight()
 
     async def resolve(self, principal: Principal) -> Identity:
         """The recruiter to attribute to; Forbidden if there is none, ServiceUnavailable if BPOC can't say."""
@@ -172,20 +125,14 @@ class RecruiterDirectory:
 
     async def active_ids(self) -> frozenset[str]:
         """The lowercase IDs of the agency's active recruiters, from the latest directory snapshot."""
-        if (
-            self._snapshot_at is None
-            or self._timer() - self._snapshot_at >= self._settings.recruiter_cache_ttl
-        ):
-            try:
-                await self._refresh_for_request()
-            except ServiceUnavailable:
-                if (
-                    self._snapshot_at is None
-                    or self._timer() - self._snapshot_at > self._settings.recruiter_stale_ttl
-                ):
-                    raise
-                log.warning("BPOC directory unavailable; using the last list of active recruiters")
-        return self._active or frozenset()
+        snapshot = self._latest.fresh()
+        if snapshot is None:
+            snapshot = await self._read_or_stale()
+        return snapshot.active_ids
+
+    async def is_active(self, recruiter_id: str) -> bool:
+        """Whether ``recruiter_id`` (any letter case) is an active recruiter of the agency, as active_ids()."""
+        return recruiter_id.lower() in await self.active_ids()
 
     async def resync(self, principal: Principal, stale_id: str) -> str | None:
         """After BPOC refused ``stale_id``: look the user up afresh; the new ID if it differs, else None."""
@@ -197,20 +144,10 @@ class RecruiterDirectory:
         if email is None:
             return None
         stale = stale_id.lower()
-        if stale not in self._refused:
-            # The first refusal of this ID: forget what we knew and ask BPOC. Repeats within the negative ttl
-            # reuse that answer instead of costing a directory fetch each.
-            self._refused[stale] = True
-            self._forget(email, stale)
-            try:
-                await self.refresh()
-            except ServiceUnavailable as exc:
-                log.warning(
-                    "re-sync could not reach BPOC", extra={"fields": {**fields, "reason": exc.message}}
-                )
-                return None
-            if self._listed(email) is None:
-                self._unknown[email] = True
+        # The first refusal of this ID reads the directory again; repeats within the negative ttl reuse that
+        # answer instead of costing a directory read each.
+        if stale not in self._refused and not await self._relearn(email, stale, fields):
+            return None
         try:
             identity = await self.resolve(principal)
         except (Forbidden, ServiceUnavailable) as exc:
@@ -226,20 +163,8 @@ class RecruiterDirectory:
         return identity.recruiter_id
 
     async def refresh(self) -> None:
-        """Fetch the whole directory and replace the cache; concurrent callers share one fetch."""
-        try:
-            await self._fetch.run(_DIRECTORY, self._load)
-        except ServiceUnavailable:
-            self._failed_at = self._timer()
-            raise
-        self._failed_at = None
-
-    async def _refresh_for_request(self) -> None:
-        """refresh(), except within DIRECTORY_RETRY_AFTER_FAILURE seconds of a failure, which fails at once:
-        while BPOC is down, requests get stale entries (or a 503) without each adding another failed call."""
-        if self._failed_at is not None and self._timer() - self._failed_at < DIRECTORY_RETRY_AFTER_FAILURE:
-            raise ServiceUnavailable("The BPOC recruiter directory cannot be reached; retrying shortly")
-        await self.refresh()
+        """Read the whole directory and make it the latest snapshot; concurrent callers share one read."""
+        await self._read(for_request=False)
 
     async def run_sync(self) -> None:
         """Refresh every RECRUITER_SYNC_INTERVAL seconds until cancelled; failures are logged, not fatal."""
@@ -255,66 +180,109 @@ class RecruiterDirectory:
             except Exception:
                 log.exception("background directory sync failed unexpectedly")
 
-    # --- internals ------------------------------------------------------------------------------------------
-
-    def _forget(self, email: str, recruiter_id: str) -> None:
-        self._by_email.pop(email, None)
-        self._unknown.pop(email, None)
-        provisioned = self._provisioned.get(email)
-        if provisioned is not None and provisioned.id.lower() == recruiter_id:
-            del self._provisioned[email]
-
-    def _listed(self, email: str) -> Recruiter | None:
-        entry = self._by_email.get(email)
-        return entry[1] if entry is not None and entry[0] > self._timer() else None
+    # --- lookups ----------------------------------------------------------------------------------------------
 
     async def _find(self, email: str) -> Recruiter | None:
-        recruiter = self._listed(email)
-        if recruiter is not None or email in self._unknown:
-            return recruiter
-        try:
-            await self._refresh_for_request()
-        except ServiceUnavailable:
-            return self._stale_or_raise(email)
-        recruiter = self._listed(email) or self._provisioned.get(email)
-        if recruiter is None:
-            self._unknown[email] = True
+        """The recruiter for ``email`` (lowercase), or None.
+
+        The one place every lookup's outcome is known: a hit returns first (the common case, answered without
+        awaiting another coroutine); _lookup() says which of the others it was.
+        """
+        recruiter = self._known(email)
+        if recruiter is not None:
+            return recruiter  # Lookup.HIT
+        outcome, recruiter = await self._lookup(email)
+        if outcome is Lookup.STALE:
+            log.warning(
+                "BPOC directory unavailable; serving a stale recruiter entry",
+                extra={"fields": {"email": email}},
+            )
         return recruiter
 
-    def _stale_or_raise(self, email: str) -> Recruiter:
-        entry = self._stale.get(email)
-        if entry is None or self._timer() - entry[1] > self._settings.recruiter_stale_ttl:
-            raise ServiceUnavailable(
-                "The BPOC recruiter directory cannot be reached, so your recruiter ID cannot be looked up"
+    async def _lookup(self, email: str) -> tuple[Lookup, Recruiter | None]:
+        """An email _known() does not know: remembered as unknown, else read from BPOC, else stale."""
+        if email in self._unknown:
+            return Lookup.NEGATIVE, None
+        try:
+            snapshot = await self._read(for_request=True)
+        except ServiceUnavailable:
+            stale = self._latest.usable()
+            recruiter = stale.by_email.get(email) if stale is not None else None
+            if recruiter is None:
+                raise ServiceUnavailable(
+                    "The BPOC recruiter directory cannot be reached, so your recruiter ID cannot be looked up"
+                ) from None
+            return Lookup.STALE, recruiter
+        found = snapshot.by_email.get(email) or self._provisioned.get(email)
+        if found is None:
+            self._unknown.add(email)
+        return Lookup.MISS, found
+
+    def _known(self, email: str) -> Recruiter | None:
+        """What is known of ``email`` without asking BPOC: the fresh snapshot, else this process's creations."""
+        return self._latest.fresh_entry(email) or self._provisioned.get(email)
+
+    async def _relearn(self, email: str, stale: str, fields: dict[str, str | None]) -> bool:
+        """Forget what BPOC has just contradicted and read the directory again; False if it cannot be read."""
+        self._refused.add(stale)
+        self._latest.doubt(email)
+        self._unknown.discard(email)
+        self._provisioned.forget(email, stale)
+        try:
+            snapshot = await self._read(for_request=False)
+        except ServiceUnavailable as exc:
+            log.warning("re-sync could not reach BPOC", extra={"fields": {**fields, "reason": exc.message}})
+            return False
+        if email not in snapshot.by_email:
+            self._unknown.add(email)
+        return True
+
+    # --- reading the directory --------------------------------------------------------------------------------
+
+    async def _read(self, *, for_request: bool) -> Snapshot:
+        """The directory as BPOC lists it now, shared by concurrent callers. A request (``for_request``) may
+        not read while the backoff says no: it fails at once, and gets a stale entry or a 503 instead."""
+        if for_request and not self._backoff.may_call():
+            raise ServiceUnavailable("The BPOC recruiter directory cannot be reached; retrying shortly")
+        return await self._reading.run(_DIRECTORY, self._load)
+
+    async def _read_or_stale(self) -> Snapshot:
+        try:
+            return await self._read(for_request=True)
+        except ServiceUnavailable:
+            snapshot = self._latest.usable()
+            if snapshot is None:
+                raise
+            log.warning("BPOC directory unavailable; using the last list of active recruiters")
+            return snapshot
+
+    async def _load(self) -> Snapshot:
+        """One read of the directory (the single flight's work): the one place a read succeeds or fails."""
+        try:
+            listed = await fetch_directory(
+                self._http, self._settings.bpoc_base_url, self._api_key(), self._settings.upstream_timeout
             )
-        log.warning(
-            "BPOC directory unavailable; serving a stale recruiter entry", extra={"fields": {"email": email}}
-        )
-        return entry[0]
+        except ServiceUnavailable:
+            self._backoff.failed()
+            raise
+        self._backoff.succeeded()
+        return self._install(Snapshot.of(listed, self._timer()))
 
-    async def _load(self) -> None:
-        recruiters = await fetch_directory(
-            self._http, self._settings.bpoc_base_url, self._api_key(), self._settings.upstream_timeout
-        )
-        self._replace(recruiters)
+    def _install(self, snapshot: Snapshot) -> Snapshot:
+        """Make ``snapshot`` the latest, and bring what else is remembered in line with it."""
+        self._bound.fit(snapshot.size)
+        previous = self._latest.replace(snapshot)
+        if previous is not None:
+            # Users BPOC no longer lists (removed or deactivated) are known to be unknown now.
+            for email in previous.by_email.keys() - snapshot.by_email.keys():
+                self._unknown.add(email)
+        for email in snapshot.by_email:
+            self._unknown.discard(email)
+        self._provisioned.drop_listed(snapshot.by_email)
+        log.info("loaded the BPOC recruiter directory", extra={"fields": {"active": len(snapshot.by_email)}})
+        return snapshot
 
-    def _replace(self, recruiters: Iterable[Recruiter]) -> None:
-        now = self._timer()
-        active: dict[str, Recruiter] = {}
-        for recruiter in recruiters:
-            if recruiter.is_active:
-                active.setdefault(recruiter.email.lower(), recruiter)
-        # Users BPOC no longer lists (removed or deactivated) are known to be unknown now.
-        for email in self._by_email.keys() - active.keys():
-            self._unknown[email] = True
-        for email in active:
-            self._unknown.pop(email, None)
-        expires = now + self._settings.recruiter_cache_ttl
-        self._by_email = {email: (expires, recruiter) for email, recruiter in active.items()}
-        self._stale = {email: (recruiter, now) for email, recruiter in active.items()}
-        self._active = frozenset(recruiter.id.lower() for recruiter in active.values())
-        self._snapshot_at = now
-        log.info("loaded the BPOC recruiter directory", extra={"fields": {"active": len(active)}})
+    # --- auto-provisioning ------------------------------------------------------------------------------------
 
     async def _provision(self, principal: Principal, email: str) -> Recruiter:
         if not self._settings.recruiter_auto_provision:
@@ -323,10 +291,10 @@ class RecruiterDirectory:
                 "agency in BPOC has that email; ask an agency admin to invite you to BPOC or to store your "
                 "bpoc_recruiter_id in the portal"
             )
-        return await self._create.run(email, lambda: self._create_recruiter(principal, email))
+        return await self._creating.run(email, lambda: self._create(principal, email))
 
-    async def _create_recruiter(self, principal: Principal, email: str) -> Recruiter:
-        existing = self._listed(email) or self._provisioned.get(email)
+    async def _create(self, principal: Principal, email: str) -> Recruiter:
+        existing = self._known(email)
         if existing is not None:
             return existing  # created by a flight that finished just before this one started
         body = {
@@ -335,46 +303,24 @@ class RecruiterDirectory:
             "lastName": principal.last_name or "",
             "role": "recruiter",
         }
-        response = await self._post_create(body)
-        if response.status_code == 409:
+        settings = self._settings
+        created = await create_recruiter(
+            self._http, settings.bpoc_base_url, self._api_key(), settings.upstream_timeout, body
+        )
+        if created.status == 409:
             # Someone created the recruiter meanwhile (another worker process): the directory has it now.
-            await self.refresh()
-            listed = self._listed(email)
+            listed = (await self._read(for_request=False)).by_email.get(email)
             if listed is not None:
                 return listed
-        answer = _json(response)
-        recruiter_id = _text(answer.get("recruiterId")) if isinstance(answer, dict) else None
-        if not response.is_success or recruiter_id is None:
-            log.warning(
-                "BPOC did not create the recruiter",
-                extra={"fields": {"email": email, "status": response.status_code}},
-            )
-            if response.status_code >= 500 or response.is_success:
-                raise ServiceUnavailable("BPOC could not create your recruiter account; try again shortly")
-            raise Forbidden(
-                f"Your portal account ({email}) has no BPOC recruiter ID and BPOC refused to create one "
-                f"(HTTP {response.status_code}); ask an agency admin to invite you to BPOC"
-            )
+        if created.recruiter_id is None:
+            raise not_created(email, created.status)
         recruiter = Recruiter(
-            recruiter_id, email, True, "recruiter", principal.first_name, principal.last_name
+            created.recruiter_id, email, True, "recruiter", principal.first_name, principal.last_name
         )
-        self._provisioned[email] = recruiter
-        self._by_email[email] = (self._timer() + self._settings.recruiter_cache_ttl, recruiter)
-        self._unknown.pop(email, None)
-        self._stale[email] = (recruiter, self._timer())
-        log.info("created a BPOC recruiter", extra={"fields": {"email": email, "recruiterId": recruiter_id}})
+        self._provisioned.add(email, recruiter)
+        self._unknown.discard(email)
+        log.info("created a BPOC recruiter", extra={"fields": {"email": email, "recruiterId": recruiter.id}})
         return recruiter
-
-    async def _post_create(self, body: dict[str, str]) -> httpx.Response:
-        try:
-            return await self._http.post(
-                self._settings.bpoc_base_url.rstrip("/") + CREATE_PATH,
-                json=body,
-                headers={"X-API-Key": self._api_key(), "Accept": "application/json"},
-                timeout=self._settings.upstream_timeout,
-            )
-        except httpx.HTTPError as exc:
-            raise ServiceUnavailable("BPOC cannot be reached to create your recruiter account") from exc
 
 
 def email_of(principal: Principal) -> str:
@@ -385,10 +331,3 @@ def email_of(principal: Principal) -> str:
             "be found for you; ask the portal administrator to include one of them in the session"
         )
     return principal.email.lower()
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from proxy.auth import Principal
 from proxy.errors import Forbidden, ServiceUnavailable
+from proxy.recruiter_memory import CACHE_FLOOR
 from proxy.recruiters import (
     DIRECTORY_RETRY_AFTER_FAILURE,
     Identity,
@@ -485,3 +486,95 @@ async def test_resync_provisions_when_enabled(bpoc, provisioning):
     new = await provisioning.resync(user(), old)
     assert new is not None and new != old
     assert len(bpoc.create_calls) == 1
+
+
+async def test_resync_with_bpoc_down_does_not_trust_the_refused_entry(bpoc, directory, timer):
+    """If the re-sync cannot read the directory, the refused entry is not served as fresh: the next request
+    reads the directory again (once the failure backoff has passed) and finds the re-created recruiter."""
+    old = (await directory.resolve(user())).recruiter_id
+    bpoc.directory_status = 503
+    assert await directory.resync(user(), old) is None
+    assert bpoc.directory_calls == 2
+    bpoc.directory_status = None
+    new = bpoc.recreate("alice@agency.example")
+    timer.advance(DIRECTORY_RETRY_AFTER_FAILURE)
+    assert (await directory.resolve(user())).recruiter_id == new
+    assert bpoc.directory_calls == 3
+
+
+# --- is_active ----------------------------------------------------------------------------------------------
+
+
+async def test_is_active(bpoc, directory, timer):
+    """An ID is active if the latest snapshot lists it as an active recruiter, in any letter case."""
+    assert await directory.is_active(ALICE_ID.upper())
+    assert not await directory.is_active("0b5a1f0e-0000-4000-8000-0000000da4e0")  # dave: inactive
+    assert not await directory.is_active("no-such-id")
+    assert bpoc.directory_calls == 1
+    bpoc.recruiters = []
+    timer.advance(901)  # the snapshot is no longer fresh: read again, as active_ids() does
+    assert not await directory.is_active(ALICE_ID)
+    assert bpoc.directory_calls == 2
+
+
+# --- bounds -------------------------------------------------------------------------------------------------
+
+
+async def test_a_directory_larger_than_the_floor_is_never_evicted_by_its_own_sync(bpoc, directory):
+    """Every recruiter of a directory bigger than CACHE_FLOOR is served from one read; when they all leave,
+    each is remembered as unknown (none evicted), so none of them costs another read."""
+    size = CACHE_FLOOR + 2_000
+    emails = [f"r{i}@agency.example" for i in range(size)]
+    bpoc.recruiters = [recruiter(f"id-{i}", email) for i, email in enumerate(emails)]
+    await directory.refresh()
+    for i, email in enumerate(emails):
+        assert (await directory.resolve(user(email))).recruiter_id == f"id-{i}"
+    bpoc.recruiters = []
+    await directory.refresh()
+    for email in emails:
+        with pytest.raises(Forbidden):
+            await directory.resolve(user(email))
+    assert bpoc.directory_calls == 2
+
+
+async def test_a_flood_of_unknown_emails_stays_within_the_bound(bpoc, directory):
+    """Unknown emails are remembered up to the bound (CACHE_FLOOR for a small directory); beyond it the
+    oldest is forgotten first, so it costs a read again while the newest are still known to be unknown."""
+    with pytest.raises(Forbidden):
+        await directory.resolve(user("oldest@flood.example"))
+    flood = [user(f"u{i}@flood.example") for i in range(CACHE_FLOOR)]
+    answers = await asyncio.gather(*(directory.resolve(p) for p in flood), return_exceptions=True)
+    assert all(isinstance(answer, Forbidden) for answer in answers)
+    assert bpoc.directory_calls == 2  # one read for the first, one shared by the whole flood
+    for principal in (flood[-1], flood[0]):
+        with pytest.raises(Forbidden):
+            await directory.resolve(principal)
+    assert bpoc.directory_calls == 2
+    with pytest.raises(Forbidden):
+        await directory.resolve(user("oldest@flood.example"))
+    assert bpoc.directory_calls == 3
+
+
+async def test_provisioned_recruiter_unlisted_by_a_lagging_directory_costs_no_reads(
+    bpoc, provisioning, timer
+):
+    """A recruiter this process created is served from memory while the directory does not list it yet."""
+    first = await provisioning.resolve(user("lag@agency.example"))
+    calls = bpoc.directory_calls
+    bpoc.recruiters = [r for r in bpoc.recruiters if r["email"] != "lag@agency.example"]
+    await provisioning.refresh()
+    for _ in range(3):
+        timer.advance(100)  # past the negative ttl each time
+        assert await provisioning.resolve(user("lag@agency.example")) == first
+    assert bpoc.directory_calls == calls + 1
+    assert len(bpoc.create_calls) == 1
+
+
+async def test_cache_ttl_zero_reads_the_directory_for_every_lookup(bpoc, bpoc_url, http, timer):
+    """RECRUITER_CACHE_TTL=0: nothing is served from memory, yet each read finds the user it was made for."""
+    directory = RecruiterDirectory(
+        make_settings(bpoc_url, recruiter_cache_ttl=0), http, lambda: API_KEY, timer=timer
+    )
+    for calls in (1, 2):
+        assert (await directory.resolve(user())).recruiter_id == ALICE_ID
+        assert bpoc.directory_calls == calls
