@@ -69,6 +69,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(run=_check)
 
+    _add_explain(commands)
+
+    recruiters = commands.add_parser(
+        "recruiters", help="print the BPOC recruiter directory as the proxy sees it"
+    )
+    recruiters.set_defaults(run=_recruiters)
+
+    demo = commands.add_parser("demo", help="run the proxy in front of a built-in BPOC sandbox")
+    demo.add_argument("--port", type=int, default=8080, help="port for the proxy (default 8080)")
+    demo.add_argument(
+        "--self-test", action="store_true", help="run the printed commands' requests, then exit"
+    )
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _add_explain(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     explain = commands.add_parser(
         "explain", help="show what the proxy would do with a request, sending nothing"
     )
@@ -90,19 +107,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--json", action="store_true", help="print the verdict as one JSON object")
     explain.set_defaults(run=_explain)
-
-    recruiters = commands.add_parser(
-        "recruiters", help="print the BPOC recruiter directory as the proxy sees it"
-    )
-    recruiters.set_defaults(run=_recruiters)
-
-    demo = commands.add_parser("demo", help="run the proxy in front of a built-in BPOC sandbox")
-    demo.add_argument("--port", type=int, default=8080, help="port for the proxy (default 8080)")
-    demo.add_argument(
-        "--self-test", action="store_true", help="run the printed commands' requests, then exit"
-    )
-    demo.set_defaults(run=_demo)
-    return parser
 
 
 def _serve(args: argparse.Namespace) -> int:
