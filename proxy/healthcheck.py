@@ -13,7 +13,12 @@ import urllib.request
 from collections.abc import Mapping
 
 # The defaults of README's Settings table (tests/test_deploy.py checks they agree).
-DEFAULTS = {"PROXY_HOST": "0.0.0.0", "PROXY_PORT": "8080", "PROXY_ADMIN_HOST": "0.0.0.0", "PROXY_ADMIN_PORT": "8081"}
+DEFAULTS = {
+    "PROXY_HOST": "0.0.0.0",
+    "PROXY_PORT": "8080",
+    "PROXY_ADMIN_HOST": "0.0.0.0",
+    "PROXY_ADMIN_PORT": "8081",
+}
 # A listener bound to every address is reached on loopback from inside the container.
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 TIMEOUT_SECONDS = 2.0
