@@ -128,6 +128,16 @@ def image_user() -> tuple[int, int | None]:
     return int(match[1]), int(match[2]) if match[2] else None
 
 
+def copies(stage: Stage) -> list[tuple[str, str]]:
+    """The stage's COPY instructions from the build context (not --from another stage): (source, destination)."""
+    found = []
+    for args in stage.args_of("COPY"):
+        if "--from" not in args:
+            *sources, destination = [word for word in args.split() if not word.startswith("--")]
+            found.extend((source, destination) for source in sources)
+    return found
+
+
 def dockerignore_patterns() -> list[str]:
     lines = DOCKERIGNORE.read_text().splitlines()
     return [line.strip().rstrip("/") for line in lines if line.strip() and not line.startswith("#")]

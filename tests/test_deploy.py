@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import kubernetes_validate
@@ -23,7 +24,7 @@ from .deploy_files import ProxyContainer
 
 # The oldest Kubernetes the manifests are for (native sidecars are on by default from 1.29), and a newer one.
 KUBERNETES_VERSIONS = ("1.30", "1.33")
-PROJECT_VERSION = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)[1]  # type: ignore[index]
+PROJECT_VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 MANIFESTS = files.all_manifests()
 CONTAINERS = files.proxy_containers()
@@ -88,6 +89,22 @@ def test_image_is_a_placeholder_of_this_version(container: ProxyContainer) -> No
     """The image is a clearly placeholder registry's bpoc-proxy, tagged with the package's version."""
     expected = f"registry.example/bpoc-proxy:{PROJECT_VERSION}"
     assert container.container["image"] == expected, f"{container.id}: the image should be {expected}"
+    version = container.template["metadata"]["labels"].get("app.kubernetes.io/version", PROJECT_VERSION)
+    assert version == PROJECT_VERSION, (
+        f"{container.id}: app.kubernetes.io/version {version} is not {PROJECT_VERSION}"
+    )
+
+
+LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/part-of")
+
+
+@pytest.mark.parametrize("manifest", by_id(MANIFESTS))
+def test_object_carries_the_recommended_labels(manifest: files.Manifest) -> None:
+    """Every object, and every pod template, is labelled with its app and what it is part of."""
+    templates = [manifest.obj["spec"]["template"]] if "template" in manifest.obj.get("spec", {}) else []
+    for metadata in [manifest.obj["metadata"], *(template["metadata"] for template in templates)]:
+        missing = [label for label in LABELS if label not in metadata.get("labels", {})]
+        assert not missing, f"{manifest.id} lacks the labels {missing}"
 
 
 # ---- Kubernetes: settings, probes, ports --------------------------------------------------------------------
@@ -419,10 +436,9 @@ def test_dockerfile_is_multi_stage() -> None:
     assert any(f"from={name}" in runs for name in builders if name), (
         "the image does not install the build's wheels"
     )
-    copied = [args.split()[-2] for args in image.args_of("COPY") if "--from" not in args]
-    assert not [source for source in copied if source in {".", "proxy", "pyproject.toml"}], (
-        f"the image copies source files: {copied}"
-    )
+    sources = [source for source, _ in files.copies(image)]
+    source_tree = [s for s in sources if s in {".", "pyproject.toml"} or s.split("/")[0] == "proxy"]
+    assert not source_tree, f"the image copies source files: {source_tree}"
     assert not re.search(r"\b(gcc|build-essential|apt-get install)\b", runs), "the image installs build tools"
 
 
@@ -470,16 +486,6 @@ def test_healthcheck_defaults_are_the_readme_defaults() -> None:
     assert healthcheck.DEFAULTS == {name: settings[name] for name in healthcheck.DEFAULTS}
 
 
-def image_copies() -> list[tuple[str, str]]:
-    """The image's COPY instructions from the build context: (source, destination) pairs."""
-    copies = []
-    for args in files.image_stage().args_of("COPY"):
-        if "--from" not in args:
-            *sources, destination = [word for word in args.split() if not word.startswith("--")]
-            copies.extend((source, destination) for source in sources)
-    return copies
-
-
 def lands_at(source: str, destination: str) -> str:
     """Where COPY puts `source`: into `destination` when that is a directory (ends with /), else at it."""
     return destination + Path(source).name if destination.endswith("/") else destination
@@ -489,7 +495,11 @@ def test_dockerfile_rules_are_in_the_image() -> None:
     """PROXY_RULES is a file the image copies there from the repository's rules.yaml."""
     path = files.image_env().get("PROXY_RULES")
     assert path, "the Dockerfile does not set PROXY_RULES"
-    sources = [source for source, destination in image_copies() if lands_at(source, destination) == path]
+    sources = [
+        source
+        for source, destination in files.copies(files.image_stage())
+        if lands_at(source, destination) == path
+    ]
     assert sources == ["rules.yaml"], f"PROXY_RULES={path}, but the image copies {sources or 'nothing'} there"
 
 
@@ -529,11 +539,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
         "deploy",
     ):
         assert ignored(path, patterns), f".dockerignore lets {path} into the build context"
-    needed = [args.split()[:-1] for stage in files.dockerfile_stages() for args in stage.args_of("COPY")]
-    sources = [
-        word for words in needed if "--from" not in " ".join(words) for word in words if word[0] != "-"
-    ]
-    for source in sources:
+    for source in {source for stage in files.dockerfile_stages() for source, _ in files.copies(stage)}:
         assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which is not in the repository"
         assert not ignored(source, patterns), (
             f".dockerignore keeps {source} out, but the Dockerfile copies it"
