@@ -99,8 +99,8 @@ def dockerfile_stages() -> list[Stage]:
         elif instruction == "FROM":
             words = rest.split()
             base = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m[1] or m[2], m[0]), words[0])
-            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            stages.append(Stage(base, name))
+            stage_name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(base, stage_name))
         elif stages:
             stages[-1].instructions.append((instruction, rest))
     return stages
@@ -130,7 +130,7 @@ def image_user() -> tuple[int, int | None]:
 
 def copies(stage: Stage) -> list[tuple[str, str]]:
     """The stage's COPY instructions from the build context (not --from another stage): (source, destination)."""
-    found = []
+    found: list[tuple[str, str]] = []
     for args in stage.args_of("COPY"):
         if "--from" not in args:
             *sources, destination = [word for word in args.split() if not word.startswith("--")]

@@ -12,7 +12,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]  # the package ships no type information
 import pytest
 import yaml
 
