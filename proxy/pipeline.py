@@ -13,6 +13,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,14 +22,21 @@ import simplejson
 from . import logs
 from .auth import Authenticator, Principal, extract_token
 from .cors import Cors
-from .engine import EngineResponse, Headers
 from .errors import AuthenticationError, BadRequest, Forbidden, PayloadTooLarge, ProxyError
 from .paths import METHOD_OVERRIDE_HEADERS, check_method_override, normalise_path
 from .recruiters import RecruiterDirectory
 from .rewrite import Caller, JsonBody, Plan, check_query, decode_body, plan, render
 from .rules import Rule, RuleSet
 from .settings import Settings
-from .upstream import Client, Upstream, is_trusted, request_headers, response_headers
+from .upstream import (
+    Client,
+    Headers,
+    Upstream,
+    UpstreamResponse,
+    is_trusted,
+    request_headers,
+    response_headers,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -227,23 +235,24 @@ class Pipeline:
         attribution_id = _new_id()
         exchange.extra_headers.append((b"x-attribution-id", attribution_id.encode()))
 
-        async def attempt(body: JsonBody, recruiter_id: str | None) -> EngineResponse:
+        async def attempt(
+            body: JsonBody, recruiter_id: str | None
+        ) -> AbstractAsyncContextManager[UpstreamResponse]:
             caller = Caller(recruiter_id, principal.user_id, principal.email)
             active = await self._directory.active_ids() if rule.has_reference else frozenset[str]()
             decided = plan(rule, body.data, caller, active)
             exchange.audit = _audit_fields(attribution_id, rule, recruiter_id, decided, exchange.audit)
             if rule.report_only:  # the one deliberate exception to failing closed: forward as sent
-                return await self._upstream.send(scope["method"], target, list(outgoing), raw)
+                return self._upstream.request(scope["method"], target, list(outgoing), raw)
             sent = render(body, decided)
-            return await self._upstream.send(scope["method"], target, list(rewritten), sent)
+            return self._upstream.request(scope["method"], target, list(rewritten), sent)
 
-        response = await attempt(body, identity.recruiter_id if identity else None)
-        if identity is None or rule.report_only or not 400 <= response.status < 500:
-            await self._respond(response, receive, send, exchange)
-            return
-        # BPOC may know this recruiter under a new ID (re-created): re-sync once and replay (issue 3).
-        answer = await self._upstream.read(response)
-        response.release()
+        async with await attempt(body, identity.recruiter_id if identity else None) as response:
+            if identity is None or rule.report_only or not 400 <= response.status < 500:
+                await self._respond(response, receive, send, exchange)
+                return
+            # BPOC may know this recruiter under a new ID (re-created): re-sync once and replay (issue 3).
+            answer = await response.read()
         new_id = None
         if any(marker.encode() in answer for marker in _STALE_RECRUITER):
             new_id = await self._directory.resync(principal, identity.recruiter_id)
@@ -256,7 +265,8 @@ class Pipeline:
             extra={"fields": {"requestId": exchange.request_id, "userId": principal.user_id}},
         )
         fresh = decode_body(raw, content_type, content_encoding, self._settings.max_body_bytes)
-        await self._respond(await attempt(fresh, new_id), receive, send, exchange)
+        async with await attempt(fresh, new_id) as replayed:
+            await self._respond(replayed, receive, send, exchange)
 
     async def _pass_through(
         self,
@@ -271,29 +281,24 @@ class Pipeline:
         if length is not None and length != b"chunked":
             outgoing.append((b"content-length", length))  # a streamed upload keeps its length, un-chunked
         body = _stream_request(receive) if length is not None else None
-        response = await self._upstream.send(method, target, outgoing, body)
-        await self._respond(response, receive, send, exchange)
+        async with self._upstream.request(method, target, outgoing, body) as response:
+            await self._respond(response, receive, send, exchange)
 
     async def _respond(
-        self, response: EngineResponse, receive: Receive, send: Send, exchange: Exchange
+        self, response: UpstreamResponse, receive: Receive, send: Send, exchange: Exchange
     ) -> None:
         """Send BPOC's answer on: small bodies in one message, large or unknown ones streamed."""
         headers = response_headers(response.raw_headers, drop_cors=self._cors.enabled)
         length = response.content_length
-        try:
-            if length is not None and length <= _SMALL_BODY:
-                body = await self._upstream.read(response)
-                await _send_whole(send, exchange, response.status, headers, body)
-            else:
-                await self._stream_response(response, headers, receive, send, exchange)
-        except BaseException:
-            response.close()  # an unfinished body: the connection cannot go back to the pool
-            raise
-        response.release()
+        if length is not None and length <= _SMALL_BODY:
+            body = await response.read()
+            await _send_whole(send, exchange, response.status, headers, body)
+        else:
+            await self._stream_response(response, headers, receive, send, exchange)
 
     async def _stream_response(
         self,
-        response: EngineResponse,
+        response: UpstreamResponse,
         headers: list[tuple[bytes, bytes]],
         receive: Receive,
         send: Send,
@@ -303,7 +308,7 @@ class Pipeline:
         # Stop pulling from BPOC as soon as the client hangs up, or a big download leaks a connection.
         gone = asyncio.ensure_future(_wait_for_disconnect(receive))
         try:
-            async for chunk in self._upstream.stream(response):
+            async for chunk in response.stream():
                 if gone.done():
                     raise ClientGone()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
