@@ -13,6 +13,7 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,13 +32,20 @@ from .attribution import (
 )
 from .auth import Authenticator, Principal, extract_token
 from .cors import Cors
-from .engine import EngineResponse, Headers
 from .errors import AuthenticationError, BadRequest, PayloadTooLarge, ProxyError
 from .paths import METHOD_OVERRIDE_HEADERS, check_method_override, normalise_path
 from .recruiters import RecruiterDirectory
 from .rules import Rule, RuleSet
 from .settings import Settings
-from .upstream import Client, Upstream, is_trusted, request_headers, response_headers
+from .upstream import (
+    Client,
+    Headers,
+    Upstream,
+    UpstreamResponse,
+    is_trusted,
+    request_headers,
+    response_headers,
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -222,13 +230,16 @@ class Pipeline:
         attribution_id = _new_id()
         exchange.extra_headers.append((b"x-attribution-id", attribution_id.encode()))
         headers = outgoing if request.rule.report_only else _json_headers(outgoing, request.content_type)
-        response = await self._forward(attribution, attribution_id, method, target, headers, exchange)
-        if attribution.recruiter_id is None or request.rule.report_only or not 400 <= response.status < 500:
-            await self._respond(response, receive, send, exchange)
-            return
-        # BPOC may know this recruiter under a new ID (re-created): re-sync once and replay (issue 3).
-        answer = await self._upstream.read(response)
-        response.release()
+        async with self._forward(attribution, attribution_id, method, target, headers, exchange) as response:
+            if (
+                attribution.recruiter_id is None
+                or request.rule.report_only
+                or not 400 <= response.status < 500
+            ):
+                await self._respond(response, receive, send, exchange)
+                return
+            # BPOC may know this recruiter under a new ID (re-created): re-sync once and replay (issue 3).
+            answer = await response.read()
         again = None
         if is_stale_refusal(response.status, answer):
             again = await replay(attribution, principal, self._directory)
@@ -240,10 +251,10 @@ class Pipeline:
             "BPOC refused a stale recruiter ID; replaying once with the re-synced ID",
             extra={"fields": {"requestId": exchange.request_id, "userId": principal.user_id}},
         )
-        response = await self._forward(again, attribution_id, method, target, headers, exchange)
-        await self._respond(response, receive, send, exchange)
+        async with self._forward(again, attribution_id, method, target, headers, exchange) as replayed:
+            await self._respond(replayed, receive, send, exchange)
 
-    async def _forward(
+    def _forward(
         self,
         attribution: Attribution,
         attribution_id: str,
@@ -251,12 +262,12 @@ class Pipeline:
         target: str,
         headers: Headers,
         exchange: Exchange,
-    ) -> EngineResponse:
+    ) -> AbstractAsyncContextManager[UpstreamResponse]:
         """Send an attribution on, after recording it for the audit line; a refused one is raised instead."""
         exchange.audit = audit_record(attribution_id, attribution)
         if attribution.refusal is not None:
             raise attribution.refusal
-        return await self._upstream.send(method, target, list(headers), attribution.sent)
+        return self._upstream.request(method, target, list(headers), attribution.sent)
 
     async def _pass_through(
         self,
@@ -271,29 +282,24 @@ class Pipeline:
         if length is not None and length != b"chunked":
             outgoing.append((b"content-length", length))  # a streamed upload keeps its length, un-chunked
         body = _stream_request(receive) if length is not None else None
-        response = await self._upstream.send(method, target, outgoing, body)
-        await self._respond(response, receive, send, exchange)
+        async with self._upstream.request(method, target, outgoing, body) as response:
+            await self._respond(response, receive, send, exchange)
 
     async def _respond(
-        self, response: EngineResponse, receive: Receive, send: Send, exchange: Exchange
+        self, response: UpstreamResponse, receive: Receive, send: Send, exchange: Exchange
     ) -> None:
         """Send BPOC's answer on: small bodies in one message, large or unknown ones streamed."""
         headers = response_headers(response.raw_headers, drop_cors=self._cors.enabled)
         length = response.content_length
-        try:
-            if length is not None and length <= _SMALL_BODY:
-                body = await self._upstream.read(response)
-                await _send_whole(send, exchange, response.status, headers, body)
-            else:
-                await self._stream_response(response, headers, receive, send, exchange)
-        except BaseException:
-            response.close()  # an unfinished body: the connection cannot go back to the pool
-            raise
-        response.release()
+        if length is not None and length <= _SMALL_BODY:
+            body = await response.read()
+            await _send_whole(send, exchange, response.status, headers, body)
+        else:
+            await self._stream_response(response, headers, receive, send, exchange)
 
     async def _stream_response(
         self,
-        response: EngineResponse,
+        response: UpstreamResponse,
         headers: list[tuple[bytes, bytes]],
         receive: Receive,
         send: Send,
@@ -303,7 +309,7 @@ class Pipeline:
         # Stop pulling from BPOC as soon as the client hangs up, or a big download leaks a connection.
         gone = asyncio.ensure_future(_wait_for_disconnect(receive))
         try:
-            async for chunk in self._upstream.stream(response):
+            async for chunk in response.stream():
                 if gone.done():
                     raise ClientGone()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})

@@ -1,8 +1,11 @@
-"""The connection to BPOC: the outgoing header set, the agency key, sending, and mapping client errors.
+"""The connection to BPOC: the outgoing header set, the agency key, sending, and the engine's errors converted.
 
-The forwarding engine is our own lean HTTP/1.1 client (``engine.py``), chosen by measurement: on this project's
-benchmark httpx.AsyncClient forwarded ~350 requests/s, aiohttp ~5,000-7,000, the engine more than twice aiohttp
-(README, "Performance"). httpx stays where it is not the bottleneck: the portal and the recruiter directory.
+This is the only module that knows the forwarding engine (``proxy/engine/``), our own lean HTTP/1.1 client chosen
+by measurement: on this project's benchmark httpx.AsyncClient forwarded ~350 requests/s, aiohttp ~5,000-7,000,
+the engine more than twice aiohttp (README, "Performance"). httpx stays where it is not the bottleneck: the portal
+and the recruiter directory. The engine raises its own EngineErrors; they become the proxy's errors here, once,
+with ``raise ... from``. The pipeline sees an UpstreamResponse inside ``async with upstream.request(...)``, and
+never releases or closes a connection itself.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import os
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from urllib.parse import urlsplit
 
-from .engine import Engine, EngineResponse, Headers
-from .errors import BadGateway, ConfigError, GatewayTimeout
+from .engine import Engine, EngineError, EngineResponse, EngineTimeout
+from .errors import BadGateway, ConfigError, GatewayTimeout, ProxyError
 from .settings import IPNetwork, Settings, read_secret_file
 
 # RFC 9110 section 7.6.1, plus the Proxy-* family and the legacy Keep-Alive. Never forwarded in either direction.
@@ -43,6 +48,8 @@ _REQUEST_OWNED = frozenset(
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
 
 RawHeaders = Iterable[tuple[bytes, bytes]]
+#: Headers as they go to BPOC and come back: latin-1 bytes, names in lower case.
+Headers = list[tuple[bytes, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,35 +223,99 @@ class Upstream:
         if self._engine is not None:
             await self._engine.aclose()
 
-    async def send(
+    def request(
+        self, method: str, target: str, headers: Headers, body: bytes | AsyncIterable[bytes] | None
+    ) -> AbstractAsyncContextManager[UpstreamResponse]:
+        """One request to BPOC, sent on entering the ``async with``, which gives the response with its body
+        unread. Never retries, never follows a redirect.
+
+        The agency key is added to ``headers``. A bytes body gets its Content-Length from the engine; a streamed
+        one keeps the client's, if it had one. Leaving the block gives the connection back to the pool when the
+        body was read to the end on a keep-alive connection, and closes it otherwise.
+        """
+        assert self._engine is not None, "Upstream.start() was not awaited"
+        headers.append((b"x-api-key", self._api_key.get().encode("latin-1")))
+        return UpstreamResponse(self._engine, self._timeout, method, target, headers, body)
+
+
+class UpstreamResponse:
+    """BPOC's answer as the pipeline sees it: status, headers (names in lower case), Content-Length, the body.
+
+    It is its own context manager (one object per request on the hot path, and cheaper than
+    ``@asynccontextmanager``): ``__aenter__`` sends the request and waits for the headers. Every engine error
+    leaves it as a ProxyError: 504 when BPOC is too slow, 502 when it cannot be reached or breaks the exchange.
+    """
+
+    __slots__ = ("status", "raw_headers", "content_length", "_engine", "_timeout", "_request", "_response")
+
+    def __init__(
         self,
+        engine: Engine,
+        timeout: float,
         method: str,
         target: str,
         headers: Headers,
         body: bytes | AsyncIterable[bytes] | None,
-    ) -> EngineResponse:
-        """Send one request to BPOC and return the response with its body unread. Never retries, never follows.
+    ) -> None:
+        self.status = 0
+        self.raw_headers: Headers = []
+        self.content_length: int | None = None
+        self._engine = engine
+        self._timeout = timeout
+        self._request = (method, target, headers, body)
+        self._response: EngineResponse | None = None
 
-        A bytes body gets its Content-Length from the engine; a streamed one keeps the client's, if it had one.
-        """
-        assert self._engine is not None, "Upstream.start() was not awaited"
-        headers.append((b"x-api-key", self._api_key.get().encode("latin-1")))
+    async def __aenter__(self) -> UpstreamResponse:
+        method, target, headers, body = self._request
         try:
-            return await self._engine.request(method, target, headers, body, self._timeout)
-        except GatewayTimeout as exc:
+            response = await self._engine.request(method, target, headers, body, self._timeout)
+        except EngineError as exc:
+            raise _sending_failed(exc) from exc
+        self._response = response
+        self.status = response.status
+        self.raw_headers = response.raw_headers
+        self.content_length = response.content_length
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._response is not None:
+            if kind is None:
+                self._response.release()  # pooled if the body was read to the end, closed otherwise
+            else:
+                self._response.close()
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        assert self._response is not None, "read() outside the async with block"
+        try:
+            return await self._response.read()
+        except EngineTimeout as exc:
             raise GatewayTimeout(
-                f"BPOC did not answer within PROXY_UPSTREAM_TIMEOUT ({self._timeout:g} s)"
+                f"BPOC did not send the response body within PROXY_UPSTREAM_TIMEOUT ({self._timeout:g} s)"
             ) from exc
-        except BadGateway as exc:
-            raise BadGateway(f"BPOC could not be reached: {exc.message}") from exc
+        except EngineError as exc:
+            raise BadGateway(str(exc)) from exc
 
-    async def stream(self, response: EngineResponse) -> AsyncIterator[bytes]:
-        """The response body as it arrives, raw; a failure mid-body is re-raised as BadGateway/GatewayTimeout."""
+    async def stream(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, raw; a failure mid-body is a GatewayTimeout or a BadGateway."""
+        assert self._response is not None, "stream() outside the async with block"
         try:
-            async for chunk in response.iter_body():
+            async for chunk in self._response.iter_body():
                 yield chunk
-        except GatewayTimeout as exc:
+        except EngineTimeout as exc:
             raise GatewayTimeout("BPOC stopped sending the response body") from exc
+        except EngineError as exc:
+            raise BadGateway(str(exc)) from exc
 
-    async def read(self, response: EngineResponse) -> bytes:
-        return await response.read()
+    def __repr__(self) -> str:
+        method, target, _, _ = self._request
+        return f"<UpstreamResponse {method} {target} {self.status or 'not sent'}>"
+
+
+def _sending_failed(exc: EngineError) -> ProxyError:
+    """The client-facing error for an exchange that failed before BPOC's response headers were in."""
+    if isinstance(exc, EngineTimeout):
+        return GatewayTimeout(f"BPOC did not answer within PROXY_UPSTREAM_TIMEOUT ({exc.timeout:g} s)")
+    return BadGateway(f"BPOC could not be reached: {exc}")
