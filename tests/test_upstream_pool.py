@@ -153,6 +153,33 @@ async def test_queue_is_first_come_first_served_and_skips_those_who_left(
         await engine.aclose()
 
 
+async def test_a_connection_handed_to_a_waiter_that_just_left_is_not_lost(
+    bpoc_address: tuple[str, int], async_sandbox: httpx.AsyncClient
+) -> None:
+    """A waiter cancelled in the instant after a connection was handed to it passes the connection on."""
+    engine = Engine("http", *bpoc_address, max_connections=1)
+    try:
+        held = asyncio.create_task(engine.request("GET", "/_sandbox/hold/a", [], None, 30))
+        await until(lambda: engine.open_connections == 1)
+        waiter = asyncio.create_task(engine.request("GET", "/_sandbox/echo/never", [], None, 30))
+        await until(lambda: engine.waiting == 1)
+        await async_sandbox.post("/_sandbox/release/a")
+        response = await held
+        await response.read()
+        response.release()  # hands the connection to the waiter, which has not run yet ...
+        waiter.cancel()  # ... and is cancelled before it does
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert engine.idle_connections == 1 and engine.waiting == 0
+        again = await engine.request("GET", "/_sandbox/echo/x", [], None, 30)
+        await again.read()
+        again.release()
+        assert engine.connections_opened == 1
+        assert await _arrived(async_sandbox) == ["a"]
+    finally:
+        await engine.aclose()
+
+
 async def test_queue_timeout_sends_nothing(
     bpoc_address: tuple[str, int], async_sandbox: httpx.AsyncClient, timer: FakeTimer
 ) -> None:
