@@ -200,7 +200,8 @@ class ApiKey:
 
 
 class Upstream:
-    """The connection pool to BPOC for one worker, with the proxy's timeout and no client-side magic."""
+    """The pool of connections to BPOC for one worker (bounded by PROXY_UPSTREAM_MAX_CONNECTIONS, README
+    "Connections to BPOC"), with the proxy's timeout and no client-side magic."""
 
     def __init__(self, settings: Settings, api_key: ApiKey) -> None:
         parts = urlsplit(settings.bpoc_base_url)

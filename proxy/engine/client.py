@@ -15,7 +15,21 @@ from .wire import Body, Headers, send_request
 
 
 class Engine:
-    """Requests to one origin over pooled HTTP/1.1 connections. Call ``aclose()`` when finished."""
+    """Requests to one origin over pooled HTTP/1.1 connections. Call ``aclose()`` when finished.
+
+    ``proxy`` is an ``http://[user:pass@]host:port`` forward proxy: https origins are reached through a CONNECT
+    tunnel, http origins by sending it absolute-form targets (RFC 9112 section 3.2.2).
+
+    Idle connections are closed once idle for ``keepalive_expiry`` seconds, used or not: a server that times out
+    its idle connections (uvicorn after 5 s by default) may close one just as a request goes out, and without
+    retries that request would fail. Keep it below BPOC's keep-alive timeout.
+
+    At most ``max_connections`` are open at once; a request that finds none free waits its turn (first come,
+    first served) for at most ``queue_timeout`` seconds, then fails with PoolTimeout, having sent nothing. The
+    wait does not count toward the request's own ``timeout``.
+
+    ``clock`` measures time limits and idle ages (the event loop's clock by default; tests move their own).
+    """
 
     def __init__(
         self,
@@ -30,19 +44,6 @@ class Engine:
         queue_timeout: float = 5.0,
         clock: Clock | None = None,
     ) -> None:
-        """``proxy`` is an ``http://[user:pass@]host:port`` forward proxy: https origins are reached through a
-        CONNECT tunnel, http origins by sending it absolute-form targets (RFC 9112 section 3.2.2).
-
-        Idle connections are closed once idle for ``keepalive_expiry`` seconds, used or not: a server that
-        times out its idle connections (uvicorn after 5 s by default) may close one just as a request goes out,
-        and without retries that request would fail. Keep it below BPOC's keep-alive timeout.
-
-        At most ``max_connections`` are open at once; a request that finds none free waits its turn (first come,
-        first served) for at most ``queue_timeout`` seconds, then fails with PoolTimeout, having sent nothing.
-        The wait does not count toward the request's own ``timeout``.
-
-        ``clock`` measures time limits and idle ages (the event loop's clock by default; tests move their own).
-        """
         if scheme not in ("http", "https"):
             raise ValueError(f"scheme must be http or https, not {scheme!r}")
         self._host = host
