@@ -15,6 +15,7 @@ Every refusal the proxy makes is one of these, turned into a JSON response in on
     └── UpstreamError            a service behind the proxy failed
         ├── BadGateway           502  BPOC unreachable or broke the connection
         ├── ServiceUnavailable   503  the portal session service or BPOC directory is unreachable
+        │   └── UpstreamBusy     503  no connection to BPOC came free within PROXY_UPSTREAM_QUEUE_TIMEOUT
         └── GatewayTimeout       504  BPOC slower than PROXY_UPSTREAM_TIMEOUT
 
 ConfigError is separate: it stops start-up (or a rules reload) with one line naming the setting or the place in
@@ -97,6 +98,16 @@ class BadGateway(UpstreamError):
 class ServiceUnavailable(UpstreamError):
     status_code = 503
     code = "service_unavailable"
+
+
+class UpstreamBusy(ServiceUnavailable):
+    """Every connection to BPOC stayed busy for the whole queue timeout; nothing was sent, so a retry is safe."""
+
+    status_code = 503
+    code = "upstream_busy"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
 
 
 class GatewayTimeout(UpstreamError):

@@ -46,6 +46,8 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     log_level: str = "info"
     access_log: bool = True
+    upstream_max_connections: int = 100
+    upstream_queue_timeout: float = 5.0
 
     # The portal session
     session_header: str = "Authorization"
@@ -102,6 +104,10 @@ class Settings:
                 "PROXY_LOG_LEVEL", "info", ("critical", "error", "warning", "info", "debug")
             ),
             access_log=env.flag("PROXY_ACCESS_LOG", True),
+            upstream_max_connections=env.integer(
+                "PROXY_UPSTREAM_MAX_CONNECTIONS", 100, minimum=1, maximum=100_000
+            ),
+            upstream_queue_timeout=env.number("PROXY_UPSTREAM_QUEUE_TIMEOUT", 5.0, minimum=0),
             session_header=env.text("PORTAL_SESSION_HEADER", "Authorization"),
             session_cookie=env.optional("PORTAL_SESSION_COOKIE"),
             auth_mode=verifier.mode,

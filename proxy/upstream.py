@@ -22,8 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
 
-from .engine import Engine, EngineError, EngineResponse, EngineTimeout
-from .errors import BadGateway, ConfigError, GatewayTimeout, ProxyError
+from .engine import Engine, EngineError, EngineResponse, EngineTimeout, PoolTimeout
+from .errors import BadGateway, ConfigError, GatewayTimeout, ProxyError, UpstreamBusy
 from .settings import IPNetwork, Settings, read_secret_file
 
 # RFC 9110 section 7.6.1, plus the Proxy-* family and the legacy Keep-Alive. Never forwarded in either direction.
@@ -200,7 +200,8 @@ class ApiKey:
 
 
 class Upstream:
-    """The connection pool to BPOC for one worker, with the proxy's timeout and no client-side magic."""
+    """The pool of connections to BPOC for one worker (bounded by PROXY_UPSTREAM_MAX_CONNECTIONS, README
+    "Connections to BPOC"), with the proxy's timeout and no client-side magic."""
 
     def __init__(self, settings: Settings, api_key: ApiKey) -> None:
         parts = urlsplit(settings.bpoc_base_url)
@@ -210,6 +211,8 @@ class Upstream:
         self._api_key = api_key
         self._proxy = settings.upstream_proxy
         self._timeout = settings.upstream_timeout
+        self._max_connections = settings.upstream_max_connections
+        self._queue_timeout = settings.upstream_queue_timeout
         self._ssl: ssl.SSLContext | None = None
         if parts.scheme == "https":
             cafile = str(settings.ssl_cert_file) if settings.ssl_cert_file else None
@@ -217,11 +220,41 @@ class Upstream:
         self._engine: Engine | None = None
 
     async def start(self) -> None:
-        self._engine = Engine(self._scheme, self._host, self._port, ssl_context=self._ssl, proxy=self._proxy)
+        self._engine = Engine(
+            self._scheme,
+            self._host,
+            self._port,
+            ssl_context=self._ssl,
+            proxy=self._proxy,
+            max_connections=self._max_connections,
+            queue_timeout=self._queue_timeout,
+        )
 
     async def close(self) -> None:
         if self._engine is not None:
             await self._engine.aclose()
+
+    # The pool's state, for metrics (0 before start()).
+
+    @property
+    def open_connections(self) -> int:
+        """Connections to BPOC open now: in use, idle, or just closing."""
+        return self._engine.open_connections if self._engine is not None else 0
+
+    @property
+    def idle_connections(self) -> int:
+        """Open connections to BPOC waiting for a request."""
+        return self._engine.idle_connections if self._engine is not None else 0
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a connection to BPOC now."""
+        return self._engine.waiting if self._engine is not None else 0
+
+    @property
+    def queue_timeouts(self) -> int:
+        """Requests refused with upstream_busy so far: no connection came free within the queue timeout."""
+        return self._engine.queue_timeouts if self._engine is not None else 0
 
     def request(
         self, method: str, target: str, headers: Headers, body: bytes | AsyncIterable[bytes] | None
@@ -316,6 +349,11 @@ class UpstreamResponse:
 
 def _sending_failed(exc: EngineError) -> ProxyError:
     """The client-facing error for an exchange that failed before BPOC's response headers were in."""
+    if isinstance(exc, PoolTimeout):
+        return UpstreamBusy(
+            "Every connection to BPOC (PROXY_UPSTREAM_MAX_CONNECTIONS) stayed busy for "
+            f"PROXY_UPSTREAM_QUEUE_TIMEOUT ({exc.timeout:g} s); nothing was sent, try again shortly"
+        )
     if isinstance(exc, EngineTimeout):
         return GatewayTimeout(f"BPOC did not answer within PROXY_UPSTREAM_TIMEOUT ({exc.timeout:g} s)")
     return BadGateway(f"BPOC could not be reached: {exc}")

@@ -15,7 +15,21 @@ from .wire import Body, Headers, send_request
 
 
 class Engine:
-    """Requests to one origin over pooled HTTP/1.1 connections. Call ``aclose()`` when finished."""
+    """Requests to one origin over pooled HTTP/1.1 connections. Call ``aclose()`` when finished.
+
+    ``proxy`` is an ``http://[user:pass@]host:port`` forward proxy: https origins are reached through a CONNECT
+    tunnel, http origins by sending it absolute-form targets (RFC 9112 section 3.2.2).
+
+    Idle connections are closed once idle for ``keepalive_expiry`` seconds, used or not: a server that times out
+    its idle connections (uvicorn after 5 s by default) may close one just as a request goes out, and without
+    retries that request would fail. Keep it below BPOC's keep-alive timeout.
+
+    At most ``max_connections`` are open at once; a request that finds none free waits its turn (first come,
+    first served) for at most ``queue_timeout`` seconds, then fails with PoolTimeout, having sent nothing. The
+    wait does not count toward the request's own ``timeout``.
+
+    ``clock`` measures time limits and idle ages (the event loop's clock by default; tests move their own).
+    """
 
     def __init__(
         self,
@@ -26,17 +40,10 @@ class Engine:
         ssl_context: ssl.SSLContext | None = None,
         proxy: str | None = None,
         keepalive_expiry: float = 4.0,
+        max_connections: int = 100,
+        queue_timeout: float = 5.0,
         clock: Clock | None = None,
     ) -> None:
-        """``proxy`` is an ``http://[user:pass@]host:port`` forward proxy: https origins are reached through a
-        CONNECT tunnel, http origins by sending it absolute-form targets (RFC 9112 section 3.2.2).
-
-        Idle connections older than ``keepalive_expiry`` seconds are closed rather than reused: a server that
-        times out its idle connections (uvicorn after 5 s by default) may close one just as a request goes out,
-        and without retries that request would fail. Keep it below BPOC's keep-alive timeout.
-
-        ``clock`` measures time limits and idle ages (the event loop's clock by default; tests move their own).
-        """
         if scheme not in ("http", "https"):
             raise ValueError(f"scheme must be http or https, not {scheme!r}")
         self._host = host
@@ -49,15 +56,24 @@ class Engine:
         self._loop = asyncio.get_running_loop()
         clock = clock or self._loop.time
         self.deadlines = Deadlines(self._loop, clock=clock)
-        self._pool = Pool(clock, keepalive_expiry)
+        self._pool = Pool(
+            self._connect,
+            self.deadlines,
+            clock,
+            limit=max_connections,
+            expiry=keepalive_expiry,
+            queue_timeout=queue_timeout,
+        )
         self._release = self._pool.release
         self._open: set[Connection] = set()
         #: Connections opened so far, for tests and metrics.
         self.connections_opened = 0
 
+    # The pool's state, for metrics: read-only.
+
     @property
     def open_connections(self) -> int:
-        """Connections to the origin whose sockets are not closed yet: in use or idle."""
+        """Connections to the origin whose sockets are not closed yet: in use, idle, or just closing."""
         return len(self._open)
 
     @property
@@ -65,16 +81,26 @@ class Engine:
         """Open connections waiting in the pool for a request."""
         return self._pool.idle
 
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a connection now."""
+        return self._pool.waiting
+
+    @property
+    def queue_timeouts(self) -> int:
+        """Requests that waited the whole queue timeout for a connection in vain, so far."""
+        return self._pool.queue_timeouts
+
     async def request(
         self, method: str, target: str, headers: Headers, body: Body, timeout: float
     ) -> EngineResponse:
         """Send one request; return when the response headers are in. Never retries.
 
-        Raises an EngineError: ConnectError, ConnectTimeout, WriteTimeout, ReadTimeout, RemoteClosed or
-        ProtocolError. The response's body is then read with ``read()`` or ``iter_body()``, and the response
-        given back with ``release()`` or ``close()``.
+        Raises an EngineError: PoolTimeout, ConnectError, ConnectTimeout, WriteTimeout, ReadTimeout,
+        RemoteClosed or ProtocolError. The response's body is then read with ``read()`` or ``iter_body()``,
+        and the response given back with ``release()`` or ``close()``.
         """
-        conn = await self._acquire(timeout)
+        conn = await self._pool.acquire(timeout)
         response = EngineResponse(conn, method, timeout, self.deadlines, self._release)
         conn.start(response)
         try:
@@ -85,6 +111,11 @@ class Engine:
             response.close()
             raise
         return response
+
+    def reap(self) -> None:
+        """Close the connections idle for ``keepalive_expiry`` seconds. A timer calls this as each expires;
+        a test that moves an injected clock calls it itself."""
+        self._pool.reap()
 
     async def aclose(self, grace: float = 1.0) -> None:
         """Close the idle connections and wait until their sockets are closed, at most ``grace`` seconds: a TLS
@@ -97,20 +128,17 @@ class Engine:
             if not conn.lost.done():
                 conn.abort()
 
-    async def _acquire(self, timeout: float) -> Connection:
-        conn = self._pool.take()
-        if conn is not None:
-            return conn
+    async def _connect(self, timeout: float) -> Connection:
+        """A new connection, opened within ``timeout`` (the pool calls this with a slot taken)."""
         try:
             async with asyncio.timeout(timeout):
-                conn = await self._connect(timeout)
+                return await self._open_socket(timeout)
         except TimeoutError as exc:
             raise ConnectTimeout(f"connecting to BPOC took longer than {timeout:g} s", timeout) from exc
         except (OSError, ssl.SSLError) as exc:
             raise ConnectError(f"cannot connect to BPOC at {self._host}:{self._port}: {exc}") from exc
-        return conn
 
-    async def _connect(self, timeout: float) -> Connection:
+    async def _open_socket(self, timeout: float) -> Connection:
         if self._proxy is None:
             host, port, ssl_context = self._host, self._port, self._ssl
         else:

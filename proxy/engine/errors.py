@@ -8,7 +8,8 @@ one edge (``proxy/upstream.py``), as httpx converts its transport's errors in ``
     └── EngineTimeout           a wait ran out (each class says which)
         ├── ConnectTimeout      opening the connection (TCP, TLS, the CONNECT tunnel)
         ├── WriteTimeout        the origin stopped reading the request body
-        └── ReadTimeout         no response headers, or no more body bytes, within the timeout
+        ├── ReadTimeout         no response headers, or no more body bytes, within the timeout
+        └── PoolTimeout         every connection the pool may open stayed busy for the queue timeout
 
 The messages are sentences about BPOC, the one origin the engine serves, without the proxy's setting names:
 the edge adds those.
@@ -51,3 +52,7 @@ class WriteTimeout(EngineTimeout):
 
 class ReadTimeout(EngineTimeout):
     """The response headers, or the next body bytes, did not come within the timeout."""
+
+
+class PoolTimeout(EngineTimeout):
+    """No connection came free within the queue timeout; nothing was sent."""

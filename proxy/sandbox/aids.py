@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from .holds import Holds
 from .seed import BpocState, RecordedRequest
 from .web import _AnyMethod, _pause, _recorded, _Refusal, json_response
 
@@ -53,6 +54,7 @@ class _Aids:
             Route("/_sandbox/status/{code:int}", _AnyMethod(self.status)),
             Route("/_sandbox/redirect", self.redirect, methods=["GET"]),
             Route("/_sandbox/hop", self.hop, methods=["GET"]),
+            *Holds(self.state).routes(),
         ]
 
     async def _record(self, request: Request, name: str, *, keep_body: bool = True) -> RecordedRequest:
