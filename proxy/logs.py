@@ -112,6 +112,28 @@ def request_line(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> No
             handler.handleError(logging.makeLogRecord({"msg": msg, "name": logger.name}))
 
 
+def request_done(
+    method: str,
+    path: str,
+    status: int,
+    request_id: str,
+    started: float,
+    user_id: str | None = None,
+    record: dict[str, Any] | None = None,
+) -> None:
+    """The one line per request (``started`` is its ``time.perf_counter()``): the access line, which on attributed
+    routes is also the audit record (``record``: what the proxy wrote, for whom)."""
+    fields: dict[str, Any] = {
+        "requestId": request_id,
+        "status": status,
+        "durationMs": round((time.perf_counter() - started) * 1000, 2),
+        "userId": user_id,
+    }
+    if record is not None:
+        fields.update(record)
+    request_line(access if record is None else audit, f"{method} {path} {status}", fields)
+
+
 def _only_handler(logger: logging.Logger) -> logging.Handler | None:
     """The handler a record of ``logger`` would reach, if exactly one would (and no filter could stop it)."""
     found: list[logging.Handler] = []

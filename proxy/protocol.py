@@ -13,9 +13,25 @@ slow to come still sends its head at once.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from http import HTTPStatus
+from operator import itemgetter
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from . import logs
+from .errors import ProxyError, refusal
+from .framing import MAX_HEAD_BYTES, head_too_large, malformed, transfer_coding_error
+from .pipeline import request_id as pipeline_request_id
+
+log = logging.getLogger("proxy.protocol")
+
+#: After a refusal, how long the client may go on sending (dropped) before the connection is closed.
+LINGER_SECONDS = 5.0
+_LOGGED_PATH = 256  # characters of a refused request's path in its log line
 
 
 class HeadHoldingTransport:
@@ -67,18 +83,160 @@ class HeadHoldingTransport:
         return getattr(self._transport, name)
 
 
+class _Refused(Exception):
+    """Raised in a parser callback to stop the parser at a request the protocol has refused."""
+
+
 class ProxyHttpProtocol(HttpToolsProtocol):
-    """The proxy's HTTP/1.1 protocol: uvicorn's, writing through a HeadHoldingTransport."""
+    """The proxy's HTTP/1.1 protocol: uvicorn's, holding requests to the framing rules (``framing.py``),
+    refusing in the proxy's JSON, and writing through a HeadHoldingTransport."""
+
+    # Per connection: the size of the chunk being parsed; the refusal the connection ends with, once decided.
+    _chunk = 0
+    _refusal: ProxyError | None = None
+    _refusal_sent = False
+    # Per request: is its head still being read; the size of the chunk it began in and of the chunks after it
+    # (the head's bytes are at most their sum, and at least the second while the head is open); when it began.
+    _head_open = False
+    _head_first = 0
+    _head_later = 0
+    _started = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn
         wrapped: Any = HeadHoldingTransport(transport, self.loop)
         super().connection_made(wrapped)
+
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's, with the parser's refusals in JSON and a bound on a head that has not ended yet.
+        if self._refusal is not None:
+            return  # the connection is ending: what the client still sends is dropped
+        self._chunk = len(data)
+        if self._head_open:
+            self._head_later += self._chunk
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError as exc:
+            if self._refusal is None:  # else a callback below refused, and stopped the parser
+                self._refuse(_parser_refusal(exc))
+        else:
+            if self._head_open and self._head_later > MAX_HEAD_BYTES:
+                self._refuse(head_too_large())  # refused while it grows: never buffered whole
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_open = True
+        self._head_first, self._head_later = self._chunk, 0
+        self._started = time.perf_counter()
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        error = self._framing_error()
+        if error is not None:
+            self._refuse(error)
+            raise _Refused()  # the request never reaches the app
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        queued = len(self.pipeline)
+        super().on_response_complete()
+        if self._refusal is not None and not queued:
+            self._send_refusal()  # every request before the refused one is answered: its turn
 
     def _unsupported_upgrade_warning(self) -> None:
         # Served with ws="none", an upgrade request reaches the app as plain HTTP, and the pipeline refuses a
         # WebSocket handshake with its own JSON error. uvicorn's warning (which blames a missing WebSocket
         # library) would only mislead.
         pass
+
+    def _framing_error(self) -> ProxyError | None:
+        headers = self.headers
+        # Most heads arrive in one chunk of under 64 KiB, and cannot be larger than it: counted only when they might.
+        if self._head_first + self._head_later > MAX_HEAD_BYTES and self._head_size() > MAX_HEAD_BYTES:
+            return head_too_large()
+        if b"transfer-encoding" in map(itemgetter(0), headers):
+            return transfer_coding_error(headers, self.parser.get_http_version())
+        return None
+
+    def _head_size(self) -> int:
+        """The request line's and headers' bytes, as parsed (without optional whitespace)."""
+        line = len(self.parser.get_method()) + len(self.url) + len(" HTTP/1.1\r\n ")
+        return line + sum(len(name) + len(value) + len(": \r\n") for name, value in self.headers)
+
+    def _refuse(self, error: ProxyError) -> None:
+        """End the connection with ``error``, answered in its turn: after the requests before it."""
+        self._refusal = error
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body:
+            # The refused bytes are the body of a request already handed to the app: the app is told the client
+            # is gone, and the refusal answers in its place, unless its answer has begun.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if cycle.response_started:
+                self.transport.close()
+                return
+            if self._unqueue(cycle):
+                return  # it was waiting behind an earlier request; on_response_complete sends the refusal
+        elif cycle is not None and not cycle.response_complete:
+            return  # an earlier request is still being answered; on_response_complete sends the refusal
+        self._send_refusal()
+
+    def _unqueue(self, cycle: RequestResponseCycle) -> bool:
+        for entry in self.pipeline:
+            if entry[0] is cycle:
+                self.pipeline.remove(entry)
+                return True
+        return False
+
+    def _send_refusal(self) -> None:
+        error = self._refusal
+        if error is None or self._refusal_sent or self.transport.is_closing():
+            return
+        self._refusal_sent = True
+        headers = self.headers or []  # the refused request's, as far as they were parsed
+        request_id = pipeline_request_id(headers)
+        fields, body = refusal(error, request_id)
+        fields += [(b"x-request-id", request_id.encode("latin-1")), (b"connection", b"close")]
+        status = error.status_code
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode("latin-1"))]
+        head.extend(b"%s: %s\r\n" % field for field in [*self.server_state.default_headers, *fields])
+        self._unset_keepalive_if_required()
+        self.transport.write(b"".join([*head, b"\r\n", body]))
+        self._linger()
+        logs.request_done(*self._method_and_path(), status, request_id, self._started or time.perf_counter())
+
+    def _linger(self) -> None:
+        """Close after the refusal, reading (and dropping) what the client still sends for a while first: closing
+        with unread bytes makes the kernel send a reset, which can destroy the refusal before the client reads
+        it (RFC 9112 section 9.6; nginx's lingering close)."""
+        self.flow.resume_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
+
+    def _method_and_path(self) -> tuple[str, str]:
+        url: bytes = getattr(self, "url", b"")  # set by on_message_begin, extended by on_url
+        if not url:
+            return "-", "-"  # refused before the request line was read
+        path = url.partition(b"?")[0][:_LOGGED_PATH].decode("latin-1")
+        return self.parser.get_method().decode("latin-1"), path
+
+
+def _parser_refusal(exc: httptools.HttpParserError) -> ProxyError:
+    """The refusal for what the parser refused, with the parser's reason (uvicorn's callbacks can raise parser
+    errors of their own, such as an invalid URL, which httptools hands on as the context of a callback error)."""
+    cause = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else exc
+    if isinstance(cause, httptools.HttpParserError):
+        return malformed(str(cause))
+    log.warning("the HTTP parser failed on a request", exc_info=cause)
+    return malformed("")
 
 
 #: How uvicorn serves the proxy, wherever it runs (``serve``, ``demo``, the tests), as uvicorn.Config options.
