@@ -1,13 +1,25 @@
-"""uvicorn's httptools protocol, with a response's head and the start of its body sent in one write.
+"""uvicorn's httptools protocol, with two changes: the proxy's framing rules and refusals, and a response's head
+sent in one write with the start of its body.
 
-uvicorn writes the status line and headers on ``http.response.start`` and the body on ``http.response.body``: two
-send() calls for every response, and a send() on a TCP socket is one of the dearest steps of a proxied request
-(README, "Performance"). The transport given to uvicorn holds a write that looks like a response head until the
-next write on the connection, or until the event loop's next turn, whichever comes first. Bytes never change
-order and a head is never held back for longer than one turn of the loop, so a streamed response whose body is
-slow to come still sends its head at once.
+Framing. A request whose framing is ambiguous or oversized (``framing.py``), or which the HTTP parser refuses, is
+answered here, before the app sees it, with the proxy's JSON refusal (``errors.refusal``), ``X-Request-Id`` and
+``Connection: close``, and logged in one line like any request (``logs.request_done``). Pipelined requests before
+it on the connection are answered first, in order. Then the connection is closed, after reading and dropping
+what the client still sends for up to ``LINGER_SECONDS`` (so the client reads the refusal, not a reset). A head
+still growing past the limit is refused as it grows, never buffered whole. On the hot path this costs a few
+attribute updates per request: the head's size is only added up when the chunks it came in could exceed the
+limit, and its headers are only checked when a Transfer-Encoding is among them.
 
-``SERVER_OPTIONS`` are the uvicorn options the proxy is served with, wherever it runs.
+Head holding. uvicorn writes the status line and headers on ``http.response.start`` and the body on
+``http.response.body``: two send() calls for every response, and a send() on a TCP socket is one of the dearest
+steps of a proxied request (README, "Performance"). The transport given to uvicorn holds a write that looks like a
+response head until the next write on the connection, or until the event loop's next turn, whichever comes
+first. Bytes never change order and a head is never held back for longer than one turn of the loop, so a
+streamed response whose body is slow to come still sends its head at once. The framing code does not depend on
+it: taking it out is deleting ``HeadHoldingTransport`` and ``ProxyHttpProtocol.connection_made``.
+
+The uvicorn internals this builds on are listed, and checked, in tests/test_protocol.py (uvicorn is pinned below
+0.55). ``SERVER_OPTIONS`` are the uvicorn options the proxy is served with, wherever it runs.
 """
 
 from __future__ import annotations
@@ -32,6 +44,8 @@ log = logging.getLogger("proxy.protocol")
 #: After a refusal, how long the client may go on sending (dropped) before the connection is closed.
 LINGER_SECONDS = 5.0
 _LOGGED_PATH = 256  # characters of a refused request's path in its log line
+_NAME = itemgetter(0)
+_TRANSFER_ENCODING = b"transfer-encoding"
 
 
 class HeadHoldingTransport:
@@ -128,23 +142,29 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             if self._head_open and self._head_later > MAX_HEAD_BYTES:
                 self._refuse(head_too_large())  # refused while it grows: never buffered whole
 
+    # The per-request callbacks below call uvicorn's by name: super() would cost a lookup on every request.
+
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)
         self._head_open = True
         self._head_first, self._head_later = self._chunk, 0
         self._started = time.perf_counter()
 
     def on_headers_complete(self) -> None:
         self._head_open = False
-        error = self._framing_error()
-        if error is not None:
-            self._refuse(error)
-            raise _Refused()  # the request never reaches the app
-        super().on_headers_complete()
+        # Most heads come in under 64 KiB of chunks, without Transfer-Encoding: two comparisons, nothing counted.
+        if self._head_first + self._head_later > MAX_HEAD_BYTES or _TRANSFER_ENCODING in map(
+            _NAME, self.headers
+        ):
+            error = self._framing_error()
+            if error is not None:
+                self._refuse(error)
+                raise _Refused()  # the request never reaches the app
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_response_complete(self) -> None:
         queued = len(self.pipeline)
-        super().on_response_complete()
+        HttpToolsProtocol.on_response_complete(self)
         if self._refusal is not None and not queued:
             self._send_refusal()  # every request before the refused one is answered: its turn
 
@@ -155,18 +175,14 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         pass
 
     def _framing_error(self) -> ProxyError | None:
-        headers = self.headers
-        # Most heads arrive in one chunk of under 64 KiB, and cannot be larger than it: counted only when they might.
         if self._head_first + self._head_later > MAX_HEAD_BYTES and self._head_size() > MAX_HEAD_BYTES:
             return head_too_large()
-        if b"transfer-encoding" in map(itemgetter(0), headers):
-            return transfer_coding_error(headers, self.parser.get_http_version())
-        return None
+        return transfer_coding_error(self.headers, self.parser.get_http_version())
 
     def _head_size(self) -> int:
-        """The request line's and headers' bytes, as parsed (without optional whitespace)."""
-        line = len(self.parser.get_method()) + len(self.url) + len(" HTTP/1.1\r\n ")
-        return line + sum(len(name) + len(value) + len(": \r\n") for name, value in self.headers)
+        """The request line's and headers' bytes, as parsed (optional whitespace left out)."""
+        line = len(self.parser.get_method()) + 1 + len(self.url) + len(b" HTTP/1.1\r\n")
+        return line + sum(len(name) + len(b": \r\n") + len(value) for name, value in self.headers)
 
     def _refuse(self, error: ProxyError) -> None:
         """End the connection with ``error``, answered in its turn: after the requests before it."""

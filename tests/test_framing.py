@@ -52,7 +52,7 @@ def converse(url: str, data: bytes, methods: list[str], *, closes: bool = False)
         sock.sendall(data)
         conn = h11.Connection(h11.CLIENT)
         for method in methods:
-            if conn.our_state is not h11.IDLE:
+            if not _idle(conn):
                 break  # the previous reply closed the connection
             # h11 parses a response only after a request: tell it which one, then discard those bytes.
             conn.send(h11.Request(method=method, target="/", headers=[("Host", "proxy")]))
@@ -61,11 +61,15 @@ def converse(url: str, data: bytes, methods: list[str], *, closes: bool = False)
             if reply is None:
                 break
             replies.append(reply)
-            if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            if (conn.our_state, conn.their_state) == (h11.DONE, h11.DONE):
                 conn.start_next_cycle()
         if closes:
             assert _closed(sock), "the proxy kept the connection open"
     return replies
+
+
+def _idle(conn: h11.Connection) -> bool:
+    return conn.our_state is h11.IDLE
 
 
 def _read_reply(sock: socket.socket, conn: h11.Connection) -> Reply | None:
