@@ -2,7 +2,7 @@
 
 This is a plain ASGI callable rather than a Starlette endpoint: the hot path is measured against a bare Starlette
 app (README, "Performance") and every layer it skips is throughput the proxy keeps. All refusals are ProxyErrors;
-they are turned into JSON in exactly one place, ``_send_error``.
+they are answered in exactly one place, ``_send_error``, in the JSON shape of every refusal (``errors.refusal``).
 """
 
 from __future__ import annotations

@@ -11,15 +11,20 @@ import json
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import h11
 import httpx
 import pytest
 
+from proxy.app import create_app
+from proxy.framing import transfer_coding_error
 from proxy.sandbox.seed import ALICE_ID, BOB_ID, BpocState
+from proxy.sandbox.server import serve_in_thread
+from proxy.settings import Settings
 
-from .conftest import ProxyProcess, token_for
+from .conftest import ProxyProcess, base_env, token_for
 
 UPLOAD = "/_sandbox/upload"  # records a request as soon as its head arrives, before reading the body
 LIMIT = 64 * 1024
@@ -31,10 +36,14 @@ class Reply:
     headers: dict[str, str]
     body: bytes
 
-    def refusal(self) -> dict[str, object]:
+    def refusal(self) -> dict[str, Any]:
         """The JSON refusal every refusal is: one sentence, code, status and request id, and the connection closes."""
-        assert self.headers["content-type"] == "application/json"
         assert self.headers["connection"] == "close"
+        return self.refusal_body()
+
+    def refusal_body(self) -> dict[str, Any]:
+        """The JSON body of every refusal, with the request id it was answered with."""
+        assert self.headers["content-type"] == "application/json"
         payload = json.loads(self.body)
         assert set(payload) == {"error", "code", "status", "requestId"}
         assert payload["status"] == self.status
@@ -384,3 +393,50 @@ def test_a_refusal_is_logged_once_as_the_pipeline_logs_a_request(
         ("proxy.access", f"POST {UPLOAD} 400", 400),
     ]
     assert "Invalid HTTP request" not in proxy.logs()
+
+
+@pytest.mark.parametrize(
+    ("headers", "version", "refused"),
+    [
+        pytest.param([(b"transfer-encoding", b"chunked")], "1.1", False, id="chunked"),
+        pytest.param([(b"transfer-encoding", b" Chunked\t")], "1.1", False, id="chunked-any-case-and-space"),
+        pytest.param([(b"content-length", b"5")], "1.1", False, id="content-length-only"),
+        pytest.param([], "1.0", False, id="no-body"),
+        pytest.param([(b"transfer-encoding", b"xchunked")], "1.1", True, id="xchunked"),
+        pytest.param([(b"transfer-encoding", b"gzip, chunked")], "1.1", True, id="gzip-chunked"),
+        pytest.param(
+            [(b"transfer-encoding", b"chunked"), (b"transfer-encoding", b"chunked")],
+            "1.1",
+            True,
+            id="two-headers",
+        ),
+        pytest.param(
+            [(b"content-length", b"5"), (b"transfer-encoding", b"chunked")],
+            "1.1",
+            True,
+            id="with-content-length",
+        ),
+        pytest.param([(b"transfer-encoding", b"chunked")], "1.0", True, id="http-1.0"),
+    ],
+)
+def test_the_transfer_coding_rule(headers: list[tuple[bytes, bytes]], version: str, refused: bool) -> None:
+    assert (transfer_coding_error(headers, version) is not None) is refused
+
+
+@pytest.mark.parametrize(
+    "coding",
+    [
+        pytest.param(("Transfer-Encoding: gzip, chunked",), id="gzip-chunked"),
+        pytest.param(("Transfer-Encoding: gzip", "Transfer-Encoding: chunked"), id="two-headers"),
+    ],
+)
+def test_served_by_another_server_the_pipeline_refuses_other_codings(
+    bpoc_url: str, bpoc_state: BpocState, coding: tuple[str, ...]
+) -> None:
+    """uvicorn's own protocol (not the proxy's) lets these through to the app; the pipeline refuses them itself."""
+    with serve_in_thread(create_app(Settings.from_environ(base_env(bpoc_url)))) as url:
+        bpoc_state.reset_requests()
+        replies = converse(url, head(UPLOAD, *coding) + CHUNKED_BODY, ["POST"])
+        assert [r.status for r in replies] == [400]
+        assert replies[0].refusal_body()["error"].startswith("Transfer-Encoding must be exactly chunked")
+        assert received_after(url, bpoc_state) == []
