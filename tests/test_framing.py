@@ -440,3 +440,11 @@ def test_served_by_another_server_the_pipeline_refuses_other_codings(
         assert [r.status for r in replies] == [400]
         assert replies[0].refusal_body()["error"].startswith("Transfer-Encoding must be exactly chunked")
         assert received_after(url, bpoc_state) == []
+
+
+def test_a_refused_upload_gets_its_refusal_not_a_reset(proxy: str, bpoc_state: BpocState) -> None:
+    """The client is still sending a large body when the proxy refuses the head: the proxy reads and drops the
+    rest before closing, so the client's send completes and it reads the refusal, not a connection reset."""
+    reply = refused(proxy, head(UPLOAD, "Transfer-Encoding: xchunked") + b"x" * (32 * 1024 * 1024))
+    assert reply.status == 400
+    assert received_after(proxy, bpoc_state) == []
