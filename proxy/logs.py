@@ -3,7 +3,8 @@
 Callers pass structured fields with ``extra={"fields": {...}}``. Nothing secret is ever handed to a logger: the
 API key and session tokens stay out of every message by construction, not by filtering.
 
-Every request writes a line, so that line skips the logging module's record machinery when it can
+Every request writes one line (``request_done``: the pipeline's requests, and those the HTTP protocol refuses
+before the app sees them), so that line skips the logging module's record machinery when it can
 (``request_line``): under ``bpoc-proxy serve`` it is encoded once and appended to a buffered stream that is
 flushed every quarter second, on warnings, and at shutdown, much as nginx's ``access_log ... buffer=`` does.
 Levels, and any handlers a test or an embedding program adds, are still honoured.

@@ -214,17 +214,19 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         if error is None or self._refusal_sent or self.transport.is_closing():
             return
         self._refusal_sent = True
-        headers = self.headers or []  # the refused request's, as far as they were parsed
-        request_id = pipeline_request_id(headers)
+        method, path = self._method_and_path()
+        request_id = pipeline_request_id(
+            self.headers or []
+        )  # the refused request's, as far as they were parsed
         fields, body = refusal(error, request_id)
         fields += [(b"x-request-id", request_id.encode("latin-1")), (b"connection", b"close")]
         status = error.status_code
         head = [b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode("latin-1"))]
         head.extend(b"%s: %s\r\n" % field for field in [*self.server_state.default_headers, *fields])
         self._unset_keepalive_if_required()
-        self.transport.write(b"".join([*head, b"\r\n", body]))
+        self.transport.write(b"".join([*head, b"\r\n", b"" if method == "HEAD" else body]))
         self._linger()
-        logs.request_done(*self._method_and_path(), status, request_id, self._started or time.perf_counter())
+        logs.request_done(method, path, status, request_id, self._started or time.perf_counter())
 
     def _linger(self) -> None:
         """Close after the refusal, reading (and dropping) what the client still sends for a while first: closing

@@ -448,3 +448,18 @@ def test_a_refused_upload_gets_its_refusal_not_a_reset(proxy: str, bpoc_state: B
     reply = refused(proxy, head(UPLOAD, "Transfer-Encoding: xchunked") + b"x" * (32 * 1024 * 1024))
     assert reply.status == 400
     assert received_after(proxy, bpoc_state) == []
+
+
+def test_a_refused_head_request_gets_headers_only(proxy: str) -> None:
+    """A refusal answers HEAD as HEAD is answered: the refusal's headers, and not one byte after them."""
+    address = urlsplit(proxy)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(head(UPLOAD, "Transfer-Encoding: xchunked", method="HEAD"))
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    status_line, _, rest = received.partition(b"\r\n")
+    headers, _, after = rest.partition(b"\r\n\r\n")
+    assert status_line == b"HTTP/1.1 400 Bad Request"
+    assert b"x-request-id: framing-1" in headers.split(b"\r\n")
+    assert after == b""
