@@ -1,13 +1,14 @@
 """The exceptions of bpoc-proxy.
 
-Every refusal the proxy makes is one of these, turned into a JSON response in one place (``_send_error`` in
-``pipeline.py``)::
+Every refusal the proxy makes is one of these, turned into a JSON response by ``refusal`` below: by the pipeline
+(``pipeline.py``) for a request it serves, and by the HTTP protocol (``protocol.py``) for one it cannot parse::
 
     ProxyError                   base; carries the HTTP status and one readable sentence
     ├── ClientError              the request itself is wrong
     │   ├── BadRequest           400  body is not a JSON object, path cannot be normalised, ...
     │   ├── MethodNotAllowed     405  anything but GET/HEAD on the proxy's own /healthz and /readyz
     │   ├── PayloadTooLarge      413  body over PROXY_MAX_BODY_BYTES on a buffered route
+    │   ├── HeadersTooLarge      431  request line and headers over 64 KiB
     │   ├── UnsupportedMediaType 415  not JSON, or an encoding we cannot decode, on a rule route
     │   └── Unprocessable        422  a referenced recruiter is not an active recruiter of the agency
     ├── AuthenticationError      401  no session, or a session that does not verify
@@ -23,6 +24,8 @@ the rules file, and never becomes an HTTP response.
 """
 
 from __future__ import annotations
+
+import simplejson
 
 
 class ConfigError(Exception):
@@ -59,6 +62,11 @@ class MethodNotAllowed(ClientError):
 class PayloadTooLarge(ClientError):
     status_code = 413
     code = "payload_too_large"
+
+
+class HeadersTooLarge(ClientError):
+    status_code = 431
+    code = "headers_too_large"
 
 
 class UnsupportedMediaType(ClientError):
@@ -113,6 +121,28 @@ class UpstreamBusy(ServiceUnavailable):
 class GatewayTimeout(UpstreamError):
     status_code = 504
     code = "gateway_timeout"
+
+
+def refusal(error: ProxyError, request_id: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The headers and body every refusal is sent with: ``{"error", "code", "status", "requestId"}`` as JSON.
+
+    The caller adds ``X-Request-Id`` (and whatever its connection needs) to the headers."""
+    payload = {
+        "error": error.message,
+        "code": error.code,
+        "status": error.status_code,
+        "requestId": request_id,
+    }
+    body = simplejson.dumps(payload, ensure_ascii=False).encode("utf-8")
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    headers.extend(
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.headers.items()
+    )
+    return headers, body
 
 
 def _sentence(message: str) -> str:

@@ -3,7 +3,8 @@
 Callers pass structured fields with ``extra={"fields": {...}}``. Nothing secret is ever handed to a logger: the
 API key and session tokens stay out of every message by construction, not by filtering.
 
-Every request writes a line, so that line skips the logging module's record machinery when it can
+Every request writes one line (``request_done``: the pipeline's requests, and those the HTTP protocol refuses
+before the app sees them), so that line skips the logging module's record machinery when it can
 (``request_line``): under ``bpoc-proxy serve`` it is encoded once and appended to a buffered stream that is
 flushed every quarter second, on warnings, and at shutdown, much as nginx's ``access_log ... buffer=`` does.
 Levels, and any handlers a test or an embedding program adds, are still honoured.
@@ -110,6 +111,28 @@ def request_line(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> No
             handler.write_line(line, per_request=True)
         except Exception:
             handler.handleError(logging.makeLogRecord({"msg": msg, "name": logger.name}))
+
+
+def request_done(
+    method: str,
+    path: str,
+    status: int,
+    request_id: str,
+    started: float,
+    user_id: str | None = None,
+    record: dict[str, Any] | None = None,
+) -> None:
+    """The one line per request (``started`` is its ``time.perf_counter()``): the access line, which on attributed
+    routes is also the audit record (``record``: what the proxy wrote, for whom)."""
+    fields: dict[str, Any] = {
+        "requestId": request_id,
+        "status": status,
+        "durationMs": round((time.perf_counter() - started) * 1000, 2),
+        "userId": user_id,
+    }
+    if record is not None:
+        fields.update(record)
+    request_line(access if record is None else audit, f"{method} {path} {status}", fields)
 
 
 def _only_handler(logger: logging.Logger) -> logging.Handler | None:

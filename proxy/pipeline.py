@@ -2,7 +2,7 @@
 
 This is a plain ASGI callable rather than a Starlette endpoint: the hot path is measured against a bare Starlette
 app (README, "Performance") and every layer it skips is throughput the proxy keeps. All refusals are ProxyErrors;
-they are turned into JSON in exactly one place, ``_send_error``.
+they are answered in exactly one place, ``_send_error``, in the JSON shape of every refusal (``errors.refusal``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-import simplejson
-
 from . import logs
 from .attribution import (
     AttributedRequest,
@@ -32,7 +30,8 @@ from .attribution import (
 )
 from .auth import Authenticator, Principal, extract_token
 from .cors import Cors
-from .errors import AuthenticationError, BadRequest, PayloadTooLarge, ProxyError
+from .errors import AuthenticationError, BadRequest, PayloadTooLarge, ProxyError, refusal
+from .framing import transfer_coding_error
 from .paths import METHOD_OVERRIDE_HEADERS, check_method_override, normalise_path
 from .recruiters import RecruiterDirectory
 from .rules import Rule, RuleSet
@@ -161,6 +160,11 @@ class Pipeline:
             return
         if head.websocket:
             raise _websocket_refusal()
+        if head.body_length == b"chunked":  # served by another server than ours, the codings are unchecked
+            if (
+                error := transfer_coding_error(scope["headers"], scope.get("http_version", "1.1"))
+            ) is not None:
+                raise error
         path = normalise_path(scope.get("raw_path") or scope["path"].encode("utf-8"))
         exchange.path = path
         if head.override is not None:
@@ -320,7 +324,8 @@ class Pipeline:
 
 def _read_head(headers: list[tuple[bytes, bytes]], session_header: bytes) -> RequestHead:
     head = RequestHead("")
-    framed = offers_websocket = asks_upgrade = False
+    chunked = offers_websocket = asks_upgrade = False
+    length = b""
     for name, value in headers:
         if name == session_header:
             head.session = value.decode("latin-1")
@@ -331,10 +336,10 @@ def _read_head(headers: list[tuple[bytes, bytes]], session_header: bytes) -> Req
             candidate = value.decode("latin-1")
             if not head.request_id and _REQUEST_ID.fullmatch(candidate):
                 head.request_id = candidate
-        elif (name == b"content-length" or name == b"transfer-encoding") and not framed:
-            framed = True  # the first framing header decides, as the server's parser did
-            length = value.strip() if name == b"content-length" else b"chunked"
-            head.body_length = None if length in (b"0", b"") else length
+        elif name == b"content-length":
+            length = length or value.strip()
+        elif name == b"transfer-encoding":
+            chunked = True  # its codings are checked by _handle
         elif name in _OVERRIDE_NAMES:
             head.override = name.decode("latin-1")
         elif name == b"upgrade":
@@ -343,9 +348,20 @@ def _read_head(headers: list[tuple[bytes, bytes]], session_header: bytes) -> Req
             asks_upgrade = asks_upgrade or b"upgrade" in value.lower()
     if not head.request_id:
         head.request_id = _new_id()
+    # Transfer-Encoding overrides Content-Length, whichever came first (RFC 9112 section 6.3).
+    head.body_length = b"chunked" if chunked else (None if length in (b"0", b"") else length)
     # A handshake names websocket in Upgrade and lists Upgrade in Connection (RFC 9110 section 7.8).
     head.websocket = offers_websocket and asks_upgrade
     return head
+
+
+def request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    """A request's id as the pipeline takes it: the client's first valid X-Request-Id, else a new one. For a
+    refusal made before the request reaches the pipeline (``protocol.py``)."""
+    for name, value in headers:
+        if name == b"x-request-id" and _REQUEST_ID.fullmatch(candidate := value.decode("latin-1")):
+            return candidate
+    return _new_id()
 
 
 def _websocket_refusal() -> BadRequest:
@@ -431,34 +447,12 @@ async def _send_error(send: Send, exchange: Exchange, exc: ProxyError) -> None:
             extra={"fields": {"requestId": exchange.request_id}},
         )
         return
-    payload = {
-        "error": exc.message,
-        "code": exc.code,
-        "status": exc.status_code,
-        "requestId": exchange.request_id,
-    }
-    body = simplejson.dumps(payload, ensure_ascii=False).encode("utf-8")
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-store"),
-    ]
-    headers.extend(
-        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in exc.headers.items()
-    )
+    headers, body = refusal(exc, exchange.request_id)
     exchange.extra_headers = [h for h in exchange.extra_headers if h[0] != b"x-attribution-id"]
     await _send_whole(send, exchange, exc.status_code, headers, body)
 
 
 def _log_exchange(exchange: Exchange) -> None:
     """One line per request: the access log line, which on attributed routes is also the audit record."""
-    fields: dict[str, Any] = {
-        "requestId": exchange.request_id,
-        "status": exchange.status,
-        "durationMs": round((time.perf_counter() - exchange.started) * 1000, 2),
-        "userId": exchange.user_id,
-    }
-    if exchange.audit is not None:
-        fields.update(exchange.audit)
-    logger = logs.access if exchange.audit is None else logs.audit
-    logs.request_line(logger, f"{exchange.method} {exchange.path} {exchange.status}", fields)
+    e = exchange
+    logs.request_done(e.method, e.path, e.status, e.request_id, e.started, e.user_id, e.audit)

@@ -51,6 +51,7 @@ class _Aids:
             Route("/_sandbox/upload", self.upload, methods=["POST", "PUT"]),
             Route("/_sandbox/slow", self.slow, methods=["GET"]),
             Route("/_sandbox/slow-body", self.slow_body, methods=["GET"]),
+            Route("/_sandbox/gated-body", self.gated_body, methods=["GET"]),
             Route("/_sandbox/status/{code:int}", _AnyMethod(self.status)),
             Route("/_sandbox/redirect", self.redirect, methods=["GET"]),
             Route("/_sandbox/hop", self.hop, methods=["GET"]),
@@ -112,6 +113,18 @@ class _Aids:
             yield simplejson.dumps({"slept": seconds}).encode()
 
         return StreamingResponse(late(), media_type="application/json")
+
+    async def gated_body(self, request: Request) -> Response:
+        """The head at once, the body once the test sets ``state.body_gate``: a test waits on events, not time."""
+        await self._record(request, "_sandbox/gated-body")
+        gate = self.state.body_gate
+
+        async def when_open() -> AsyncIterator[bytes]:
+            while not gate.is_set():  # a threading.Event, set from the test's thread
+                await asyncio.sleep(0.01)
+            yield b'{"released": true}'
+
+        return StreamingResponse(when_open(), media_type="application/json")
 
     async def status(self, request: Request) -> Response:
         await self._record(request, "_sandbox/status")

@@ -110,7 +110,7 @@ class RecordedRequest:
 
 
 class BpocState:
-    """Everything the sandbox BPOC knows, plus the switches tests flip (``down``, ``delay``)."""
+    """Everything the sandbox BPOC knows, plus the switches tests flip (``down``, ``delay``, ``body_gate``)."""
 
     def __init__(
         self, api_key: str, agency_id: str = AGENCY_ID, *, clock: Callable[[], datetime] = _utcnow
@@ -128,6 +128,8 @@ class BpocState:
         self.calls: Counter[str] = Counter()
         self.down = False
         self.delay = 0.0
+        #: /_sandbox/gated-body sends its head at once and its body once a test sets this.
+        self.body_gate = threading.Event()
         self.lock = threading.Lock()
         self._clock = clock
 
