@@ -24,6 +24,7 @@ from . import __version__, logs
 from .auth import build_authenticator
 from .errors import ConfigError, MethodNotAllowed
 from .pipeline import Pipeline, Receive, Scope, Send
+from .ratelimit import build_rate_limit
 from .recruiters import RecruiterDirectory
 from .reload import RulesHolder
 from .rules import RuleSet
@@ -48,7 +49,10 @@ class ProxyApp:
         self.upstream = Upstream(settings, self.api_key)
         self.authenticator = build_authenticator(settings, self.http)
         self.directory = RecruiterDirectory(settings, self.http, self.api_key.get)
-        self.pipeline = Pipeline(settings, self.rules.get, self.authenticator, self.directory, self.upstream)
+        self.rate_limit = build_rate_limit(settings)
+        self.pipeline = Pipeline(
+            settings, self.rules.get, self.authenticator, self.directory, self.upstream, self.rate_limit
+        )
         self.ready = False
         self._tasks: list[asyncio.Task[None]] = []
         self._router = Router(routes=[Route("/healthz", self._healthz), Route("/readyz", self._readyz)])
@@ -88,6 +92,7 @@ class ProxyApp:
     async def startup(self) -> None:
         await self.upstream.start()
         await self.authenticator.start()
+        await self.rate_limit.start()
         await self._warm_directory()
         self._spawn(self.directory.run_sync())
         self._spawn(self._flush_logs())
@@ -117,6 +122,7 @@ class ProxyApp:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await self.upstream.close()
+        await self.rate_limit.close()
         await self.http.aclose()
         logs.flush_all()
 

@@ -24,6 +24,7 @@ from .cors import Cors
 from .engine import EngineResponse, Headers
 from .errors import AuthenticationError, BadRequest, Forbidden, PayloadTooLarge, ProxyError
 from .paths import METHOD_OVERRIDE_HEADERS, check_method_override, normalise_path
+from .ratelimit import NoRateLimit, RateLimit
 from .recruiters import RecruiterDirectory
 from .rewrite import Caller, JsonBody, Plan, check_query, decode_body, plan, render
 from .rules import Rule, RuleSet
@@ -84,12 +85,14 @@ class Pipeline:
         authenticator: Authenticator,
         directory: RecruiterDirectory,
         upstream: Upstream,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self._settings = settings
         self._rules = rules
         self._auth = authenticator
         self._directory = directory
         self._upstream = upstream
+        self._rate_limit = rate_limit or NoRateLimit()
         self._session_header = settings.session_header.lower().encode("latin-1")
         self._drop = frozenset({self._session_header})
         self._session_cookie = settings.session_cookie.encode("latin-1") if settings.session_cookie else None
@@ -152,7 +155,7 @@ class Pipeline:
             check_method_override([head.override])
         rules = self._rules()
 
-        principal = None if rules.is_public(method, path) else await self._authenticate(head)
+        principal = None if rules.is_public(method, path) else await self._authenticate(head, exchange)
         exchange.user_id = principal.user_id if principal else None
         match = rules.match(method, path)
         if match is None and rules.unlisted == "deny":
@@ -168,14 +171,18 @@ class Pipeline:
             await self._require_role(match.roles, principal)
         await self._pass_through(method, target, outgoing, head.body_length, receive, send, exchange)
 
-    async def _authenticate(self, head: RequestHead) -> Principal:
+    async def _authenticate(self, head: RequestHead, exchange: Exchange) -> Principal:
         token = extract_token(self._settings, head.session, head.cookie)
         if token is None:
             raise AuthenticationError(
                 f"This request carries no portal session; send it in the {self._settings.session_header} header.",
                 error="invalid_request",
             )
-        return await self._auth.authenticate(token)
+        principal = await self._auth.authenticate(token)
+        exchange.user_id = principal.user_id  # named in the access line even if refused just below
+        # Right after authentication, before the body is read: every authenticated request counts.
+        await self._rate_limit.check(principal.user_id, exchange.request_id)
+        return principal
 
     async def _require_role(self, roles: frozenset[str], principal: Principal | None) -> None:
         if principal is None:
