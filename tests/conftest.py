@@ -260,15 +260,23 @@ def start_redis(
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=directory)
     server = RedisServer(port, process, password, tls[0] if tls else None)
+    try:
+        _wait_for_ping(server, log_path)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _wait_for_ping(server: RedisServer, log_path: Path) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if server.process.poll() is not None:
             raise RuntimeError(f"redis-server exited: {log_path.read_text()}")
         with contextlib.suppress(OSError):
             if server.command("PING").startswith(b"+PONG"):
-                return server
+                return
         time.sleep(0.02)
-    server.stop()
     raise RuntimeError("redis-server did not answer PING in time")
 
 

@@ -26,7 +26,6 @@ from proxy.ratelimit import (
     UserRateLimit,
     _memory_storage,
     _QuietMemoryStorage,
-    build_rate_limit,
     describe,
 )
 from proxy.sandbox.seed import BpocState
@@ -475,10 +474,6 @@ async def test_the_limit_counts_again_once_redis_answers(
     finally:
         redis_server.resume()
         await limiter.close()
-
-
-def test_build_rate_limit_chooses_by_the_setting(bpoc_url: str) -> None:
-    assert isinstance(build_rate_limit(Settings.from_environ(base_env(bpoc_url))), NoRateLimit)
 
 
 # --- rediss:// ---------------------------------------------------------------------------------------------------
