@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import ipaddress
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import limits
+import limits.aio.storage.memory
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -199,6 +201,31 @@ async def test_memory_storage_does_no_housekeeping_per_request() -> None:
     assert await storage.acquire_entry("k", 5, 60)
     assert storage.timer is None
     assert await storage.get_moving_window("k", 5, 60) == (pytest.approx(storage.events["k"][1].atime), 2)
+
+
+async def test_memory_housekeeping_drops_expired_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Expired entries are dropped by our timer's pass, so memory does not grow with users gone quiet."""
+    clock = FakeTimer()
+    monkeypatch.setattr(limits.aio.storage.memory, "time", clock_module(clock))
+    storage = _memory_storage()
+    assert isinstance(storage, _QuietMemoryStorage)
+    assert await storage.acquire_entry("quiet-user", 5, 1)
+    assert "quiet-user" in storage.events
+    clock.advance(2)  # the entry's window is over
+    housekeeping = asyncio.create_task(storage.housekeeping(0.01))
+    try:
+        for _ in range(500):  # a generous bound; the first pass normally does it
+            if "quiet-user" not in storage.events:
+                break
+            await asyncio.sleep(0.01)
+        assert "quiet-user" not in storage.events
+    finally:
+        housekeeping.cancel()
+
+
+def clock_module(clock: FakeTimer) -> object:
+    """Stands in for the ``time`` module inside limits' memory storage: its time() is the fake clock."""
+    return type("FakeTime", (), {"time": staticmethod(clock)})()
 
 
 @pytest.mark.parametrize(
