@@ -26,6 +26,7 @@ from . import __version__, logs
 from .auth import build_authenticator
 from .errors import ConfigError, MethodNotAllowed
 from .pipeline import Pipeline, Receive, Scope, Send
+from .ratelimit import build_rate_limit
 from .recruiters import RecruiterDirectory
 from .reload import RulesHolder
 from .rules import RuleSet
@@ -53,7 +54,10 @@ class ProxyApp:
         # The clock of every cache and back-off (sessions, keys, directory): tests move it instead of sleeping.
         self.authenticator = build_authenticator(settings, self.http, timer=clock)
         self.directory = RecruiterDirectory(settings, self.http, self.api_key.get, timer=clock)
-        self.pipeline = Pipeline(settings, self.rules.get, self.authenticator, self.directory, self.upstream)
+        self.rate_limit = build_rate_limit(settings)
+        self.pipeline = Pipeline(
+            settings, self.rules.get, self.authenticator, self.directory, self.upstream, self.rate_limit
+        )
         self.ready = False
         self._tasks: list[asyncio.Task[None]] = []
         self._router = Router(routes=[Route("/healthz", self._healthz), Route("/readyz", self._readyz)])
@@ -93,6 +97,7 @@ class ProxyApp:
     async def startup(self) -> None:
         await self.upstream.start()
         await self.authenticator.start()
+        await self.rate_limit.start()
         await self._warm_directory()
         self._spawn(self.directory.run_sync())
         self._spawn(self._flush_logs())
@@ -122,6 +127,7 @@ class ProxyApp:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await self.upstream.close()
+        await self.rate_limit.close()
         await self.http.aclose()
         logs.flush_all()
 

@@ -134,6 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from .ratelimit import summary
     from .rules_file import load_rules
     from .settings import Settings
 
@@ -145,6 +146,7 @@ def _check(args: argparse.Namespace) -> int:
     print(
         f"  sessions: {settings.auth_mode}, header {settings.session_header}, cookie {settings.session_cookie}"
     )
+    print(f"  rate limit: {summary(settings)}")
     print(f"rules: OK  ({settings.rules_path}: {len(rules.rules)} rules, {len(rules.routes)} routes)")
     for line in rules.describe():
         print(f"  {line}")

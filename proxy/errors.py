@@ -13,6 +13,7 @@ Every refusal the proxy makes is one of these, turned into a JSON response by ``
     │   └── Unprocessable        422  a referenced recruiter is not an active recruiter of the agency
     ├── AuthenticationError      401  no session, or a session that does not verify
     ├── Forbidden                403  role missing, enforce mismatch, no recruiter ID, denied route
+    ├── RateLimited              429  the user sent more requests than PROXY_RATE_LIMIT allows
     └── UpstreamError            a service behind the proxy failed
         ├── BadGateway           502  BPOC unreachable or broke the connection
         ├── ServiceUnavailable   503  the portal session service or BPOC directory is unreachable
@@ -91,6 +92,13 @@ class AuthenticationError(ProxyError):
 class Forbidden(ProxyError):
     status_code = 403
     code = "forbidden"
+
+
+class RateLimited(ProxyError):
+    """Over the per-user rate limit; carries Retry-After (RFC 6585 section 4)."""
+
+    status_code = 429
+    code = "rate_limited"
 
 
 class UpstreamError(ProxyError):

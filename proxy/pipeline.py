@@ -33,6 +33,7 @@ from .cors import Cors
 from .errors import AuthenticationError, BadRequest, PayloadTooLarge, ProxyError, refusal
 from .framing import transfer_coding_error
 from .paths import METHOD_OVERRIDE_HEADERS, check_method_override, normalise_path
+from .ratelimit import NoRateLimit, RateLimit
 from .recruiters import RecruiterDirectory
 from .rules import Rule, RuleSet
 from .settings import Settings
@@ -98,12 +99,14 @@ class Pipeline:
         authenticator: Authenticator,
         directory: RecruiterDirectory,
         upstream: Upstream,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self._settings = settings
         self._rules = rules
         self._auth = authenticator
         self._directory = directory
         self._upstream = upstream
+        self._rate_limit = rate_limit or NoRateLimit()
         self._session_header = settings.session_header.lower().encode("latin-1")
         self._drop = frozenset({self._session_header})
         self._session_cookie = settings.session_cookie.encode("latin-1") if settings.session_cookie else None
@@ -170,7 +173,7 @@ class Pipeline:
         if head.override is not None:
             check_method_override([head.override])
         rules = self._rules()
-        principal = None if rules.is_public(method, path) else await self._authenticate(head)
+        principal = None if rules.is_public(method, path) else await self._authenticate(head, exchange)
         exchange.user_id = principal.user_id if principal else None
         match = admit(rules, method, path)
 
@@ -190,14 +193,18 @@ class Pipeline:
             await require_role(match.roles, principal, self._directory)
         await self._pass_through(method, target, outgoing, head.body_length, receive, send, exchange)
 
-    async def _authenticate(self, head: RequestHead) -> Principal:
+    async def _authenticate(self, head: RequestHead, exchange: Exchange) -> Principal:
         token = extract_token(self._settings, head.session, head.cookie)
         if token is None:
             raise AuthenticationError(
                 f"This request carries no portal session; send it in the {self._settings.session_header} header.",
                 error="invalid_request",
             )
-        return await self._auth.authenticate(token)
+        principal = await self._auth.authenticate(token)
+        exchange.user_id = principal.user_id  # named in the access line even if refused just below
+        # Right after authentication, before the body is read: every authenticated request counts.
+        await self._rate_limit.check(principal.user_id, exchange.request_id)
+        return principal
 
     def _outgoing_headers(self, scope: Scope, exchange: Exchange) -> Headers:
         client_host = scope["client"][0] if scope.get("client") else None

@@ -12,7 +12,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+from limits import RateLimitItem, parse_many
 
 from .auth import VERIFIERS, Verifier
 from .errors import ConfigError
@@ -76,6 +78,10 @@ class Settings:
     recruiter_stale_ttl: float = 3600.0
     recruiter_auto_provision: bool = False
 
+    # Per-user rate limits (proxy/ratelimit.py)
+    rate_limit: tuple[RateLimitItem, ...] = ()  # empty: off
+    rate_limit_storage: str = field(default="memory://", repr=False)  # may carry a Redis password
+
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, *, offline: bool = False) -> Settings:
         """The settings from ``environ`` (default ``os.environ``). ``offline``: for commands that call neither
@@ -129,6 +135,8 @@ class Settings:
             recruiter_sync_interval=env.number("RECRUITER_SYNC_INTERVAL", 300.0, minimum=0),
             recruiter_stale_ttl=env.number("RECRUITER_STALE_TTL", 3600.0, minimum=0),
             recruiter_auto_provision=env.flag("RECRUITER_AUTO_PROVISION", False),
+            rate_limit=_rate_limits(env.optional("PROXY_RATE_LIMIT")),
+            rate_limit_storage=_rate_limit_storage(env),
         )
 
 
@@ -316,3 +324,63 @@ def _verifier(env: _Env, *, required: bool) -> tuple[Verifier, str | None]:
     raise ConfigError(
         f"set exactly one of {', '.join(VERIFIERS)} to choose how portal sessions are verified (set: {names})"
     )
+
+
+def _rate_limits(value: str | None) -> tuple[RateLimitItem, ...]:
+    """PROXY_RATE_LIMIT in the limits library's notation: ``600/minute``, ``20/second;600/minute``."""
+    if value is None:
+        return ()
+    try:
+        items = parse_many(value)
+    except ValueError:
+        raise ConfigError(
+            "PROXY_RATE_LIMIT must be one or more rates such as 600/minute or 20/second;600/minute, "
+            f"got {value!r}"
+        ) from None
+    if any(item.amount < 1 for item in items):
+        raise ConfigError(f"PROXY_RATE_LIMIT must allow at least 1 request in each window, got {value!r}")
+    return tuple(items)
+
+
+def _rate_limit_storage(env: _Env) -> str:
+    """memory:// (per worker) or a Redis URL (shared); validated here so a typo stops start-up, not requests."""
+    name = "PROXY_RATE_LIMIT_STORAGE"
+    if env.optional(f"{name}_FILE") is not None:
+        name = f"{name}_FILE"  # name the variable the operator set
+    value = env.secret("PROXY_RATE_LIMIT_STORAGE") or "memory://"
+    try:
+        parts = urlsplit(value)
+        valid = parts.scheme == "memory" and not (parts.netloc or parts.path or parts.query)
+        valid = valid or (_is_redis_url(parts) and parts.port != 0)
+    except ValueError:  # a bad port or IPv6 literal
+        valid = False
+    if not valid:
+        raise ConfigError(
+            f"{name} must be memory:// or redis://[:password@]host:port/db (or rediss://), "
+            f"got {masked_url(value)!r}"
+        )
+    return value
+
+
+def _is_redis_url(parts: SplitResult) -> bool:
+    db = parts.path.removeprefix("/")
+    return (
+        parts.scheme in ("redis", "rediss")
+        and bool(parts.hostname)
+        and (db == "" or db.isdigit())
+        and not (parts.query or parts.fragment)
+    )
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs and ``check``: ``redis://:***@host:6379/0``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.split(":", 1)[0] + "://***"
+    if "@" not in parts.netloc:
+        return url
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    # A lone user part (redis://secret@host) is masked too: some clients read it as the password.
+    user = f"{userinfo.split(':', 1)[0]}:***" if ":" in userinfo else "***"
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))

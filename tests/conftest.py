@@ -6,7 +6,12 @@ to see the process from outside (memory, signals, start-up errors).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -178,3 +183,123 @@ def proxy_process(bpoc_url: str, tmp_path: Path) -> Iterator[Callable[..., Proxy
         except subprocess.TimeoutExpired:
             proxy.process.kill()
             proxy.process.wait()
+
+
+REDIS_SERVER = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/bin:/usr/sbin")
+
+
+@dataclass
+class RedisServer:
+    """A real redis-server on a free loopback port, with no persistence, in its own temporary directory."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    password: str | None = None
+    ca: Path | None = None  # TLS only (rediss://), with this CA
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"{'rediss' if self.ca else 'redis'}://{auth}127.0.0.1:{self.port}/0"
+
+    def command(self, *args: str) -> bytes:
+        """Send one command and return the raw reply (RESP2), enough for PING, KEYS and the like."""
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        context = ssl.create_default_context(cafile=self.ca) if self.ca else None
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") if context else raw as sock:
+            if self.password:
+                sock.sendall(_resp("AUTH", self.password))
+                sock.recv(1024)
+            sock.sendall(_resp(*args))
+            return sock.recv(65536)
+
+    def keys(self) -> list[bytes]:
+        lines = self.command("KEYS", "*").split(b"\r\n")
+        return lines[2:-1:2]  # *N, then $len and the key for each
+
+    def pause(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.resume()
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _resp(*args: str) -> bytes:
+    parts = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def start_redis(
+    directory: Path, *, password: str | None = None, tls: tuple[Path, Path, Path] | None = None
+) -> RedisServer:
+    """Start redis-server and wait until it answers PING (skips the calling test where it is not installed).
+
+    ``tls`` is (CA, certificate, key): the server then speaks TLS only."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server not found (Debian: apt-get install redis-server); the Redis tests need it")
+    sock = bind_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    args = [REDIS_SERVER, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(directory)]
+    if tls is None:
+        args += ["--port", str(port)]
+    else:
+        ca, cert, key = map(str, tls)
+        args += ["--port", "0", "--tls-port", str(port), "--tls-cert-file", cert, "--tls-key-file", key]
+        args += ["--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]
+    if password:
+        args += ["--requirepass", password]
+    log_path = directory / f"redis-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=directory)
+    server = RedisServer(port, process, password, tls[0] if tls else None)
+    try:
+        _wait_for_ping(server, log_path)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _wait_for_ping(server: RedisServer, log_path: Path) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"redis-server exited: {log_path.read_text()}")
+        with contextlib.suppress(OSError):
+            if server.command("PING").startswith(b"+PONG"):
+                return
+        time.sleep(0.02)
+    raise RuntimeError("redis-server did not answer PING in time")
+
+
+@pytest.fixture
+def redis_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RedisServer]]:
+    """Start real Redis servers (keyword arguments as start_redis takes them); all are stopped at teardown."""
+    started: list[RedisServer] = []
+
+    def start(**options: object) -> RedisServer:
+        started.append(start_redis(tmp_path_factory.mktemp("redis"), **options))  # type: ignore[arg-type]
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server(redis_factory: Callable[..., RedisServer]) -> RedisServer:
+    return redis_factory()
