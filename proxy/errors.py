@@ -5,7 +5,8 @@ Every refusal the proxy makes is one of these, turned into a JSON response in on
     ProxyError                   base; carries the HTTP status and one readable sentence
     ├── ClientError              the request itself is wrong
     │   ├── BadRequest           400  body is not a JSON object, path cannot be normalised, ...
-    │   ├── MethodNotAllowed     405  anything but GET/HEAD on the proxy's own /healthz and /readyz
+    │   ├── NotFound             404  a path the admin listener does not serve, or /metrics with metrics off
+    │   ├── MethodNotAllowed     405  anything but GET/HEAD on the proxy's own endpoints
     │   ├── PayloadTooLarge      413  body over PROXY_MAX_BODY_BYTES on a buffered route
     │   ├── UnsupportedMediaType 415  not JSON, or an encoding we cannot decode, on a rule route
     │   └── Unprocessable        422  a referenced recruiter is not an active recruiter of the agency
@@ -47,6 +48,11 @@ class ClientError(ProxyError):
 class BadRequest(ClientError):
     status_code = 400
     code = "bad_request"
+
+
+class NotFound(ClientError):
+    status_code = 404
+    code = "not_found"
 
 
 class MethodNotAllowed(ClientError):
