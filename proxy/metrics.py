@@ -1,0 +1,310 @@
+"""Prometheus metrics: every metric the proxy exports, defined once, and the small API the proxy records them with.
+
+The names and labels are a public contract (dashboards and alerts are built on them; README "Metrics"). Labels
+have bounded cardinality: ``route`` is a rule's or route's template such as ``POST /api/v1/jobs/{id}/approve``,
+``unlisted`` or ``own`` (the proxy's own endpoints), never a raw path, user, email or id.
+
+The proxy records through one object chosen at start-up (``create``): a :class:`PrometheusMetrics`, or, with
+``PROXY_METRICS=false``, the base :class:`Metrics` whose every method does nothing. The hot path calls it without
+asking whether metrics are on::
+
+    metrics.request_done(route, method, status, seconds)   # once per request, where the pipeline finishes it
+    metrics.upstream_answered(route, seconds)              # BPOC's time to response headers
+    metrics.attributed(route, field, mode)                 # one field written on an attributed route
+    metrics.refused(code)                                  # one JSON refusal, by its code
+    metrics.session_failed(reason)                         # a portal session that did not verify
+    metrics.directory_lookup(result)                       # hit, miss, negative or stale
+    metrics.directory_synced() / directory_sync_failed() / recruiter_provisioned() / stale_recruiter_replayed()
+    metrics.rules_reloaded(ok) / rules_loaded()
+    metrics.sample_pool(engine)                            # the upstream pool's gauges, sampled (not per request)
+
+Label children are bound once per label tuple and kept in a dict, so a request costs a dict lookup and a few
+increments (``counter.labels(...)`` alone costs more than the increment it leads to).
+
+Several worker processes are summed by prometheus-client's multiprocess mode: each process writes its values to
+memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR``, and ``render`` reads every process's files. That variable
+must be set before prometheus-client is first imported in a process, which ``proxy/server.py`` does before it
+imports the app; a process that imports this module without it (the tests' in-thread servers, the demo) keeps its
+values in memory and renders them alone. The timestamp gauges are summed as their maximum across processes, the
+connection gauges as the sum over live processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Hashable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from . import __version__
+
+#: The route label of a request no rule or route names, and of the proxy's own endpoints.
+UNLISTED = "unlisted"
+OWN = "own"
+#: The text exposition format every Prometheus server reads (the names here need no newer escaping).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: Request and BPOC durations: a proxied request takes milliseconds, BPOC may take up to PROXY_UPSTREAM_TIMEOUT.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# HTTP methods as labels; anything else (httptools accepts a few dozen WebDAV and other methods) is OTHER.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+_MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+# Every metric in one place. In multiprocess mode the registry is unused (render reads the files).
+REGISTRY = CollectorRegistry(auto_describe=True)
+REQUESTS = Counter(
+    "bpoc_proxy_requests",
+    "Requests answered, by route template, method and status.",
+    ["route", "method", "status"],
+    registry=REGISTRY,
+)
+REQUEST_DURATION = Histogram(
+    "bpoc_proxy_request_duration_seconds",
+    "Time from a request's arrival to the end of the proxy's answer.",
+    ["route", "method"],
+    buckets=BUCKETS,
+    registry=REGISTRY,
+)
+UPSTREAM_DURATION = Histogram(
+    "bpoc_proxy_upstream_duration_seconds",
+    "BPOC's time to response headers.",
+    ["route"],
+    buckets=BUCKETS,
+    registry=REGISTRY,
+)
+UPSTREAM_CONNECTIONS = Gauge(
+    "bpoc_proxy_upstream_connections",
+    "Connections to BPOC: open (in use or idle), idle (in the pool).",
+    ["state"],
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
+UPSTREAM_QUEUE_WAITING = Gauge(
+    "bpoc_proxy_upstream_queue_waiting",
+    "Requests waiting for a free connection to BPOC (PROXY_UPSTREAM_MAX_CONNECTIONS reached).",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
+UPSTREAM_QUEUE_TIMEOUTS = Counter(
+    "bpoc_proxy_upstream_queue_timeouts",
+    "Requests refused after waiting PROXY_UPSTREAM_QUEUE_TIMEOUT for a connection to BPOC.",
+    registry=REGISTRY,
+)
+ATTRIBUTIONS = Counter(
+    "bpoc_proxy_attributions",
+    "Attribution fields written, by route template, field and mode.",
+    ["route", "field", "mode"],
+    registry=REGISTRY,
+)
+REFUSALS = Counter(
+    "bpoc_proxy_refusals",
+    "Requests refused by the proxy, by the code of the JSON error.",
+    ["code"],
+    registry=REGISTRY,
+)
+SESSION_FAILURES = Counter(
+    "bpoc_proxy_session_failures",
+    "Portal sessions that did not verify, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+DIRECTORY_LOOKUPS = Counter(
+    "bpoc_proxy_directory_lookups",
+    "Recruiter directory lookups: hit, miss, negative (known unknown), stale (served while BPOC was unreachable).",
+    ["result"],
+    registry=REGISTRY,
+)
+DIRECTORY_LAST_SYNC = Gauge(
+    "bpoc_proxy_directory_last_sync_timestamp_seconds",
+    "When BPOC's recruiter directory was last loaded whole (Unix time).",
+    multiprocess_mode="max",
+    registry=REGISTRY,
+)
+DIRECTORY_SYNC_FAILURES = Counter(
+    "bpoc_proxy_directory_sync_failures", "Failed loads of BPOC's recruiter directory.", registry=REGISTRY
+)
+RECRUITERS_PROVISIONED = Counter(
+    "bpoc_proxy_recruiters_provisioned",
+    "BPOC recruiters created by RECRUITER_AUTO_PROVISION.",
+    registry=REGISTRY,
+)
+STALE_RECRUITER_REPLAYS = Counter(
+    "bpoc_proxy_stale_recruiter_replays",
+    "Attributed requests replayed once after BPOC refused a stale recruiter ID.",
+    registry=REGISTRY,
+)
+RULES_RELOADS = Counter(
+    "bpoc_proxy_rules_reloads", "Rules reloads, by result (success, failure).", ["result"], registry=REGISTRY
+)
+RULES_LOADED = Gauge(
+    "bpoc_proxy_rules_loaded_timestamp_seconds",
+    "When the rules in use were loaded (Unix time).",
+    multiprocess_mode="max",
+    registry=REGISTRY,
+)
+BUILD_INFO = Gauge(
+    "bpoc_proxy_build_info",
+    "The proxy's version, as a label; the value is always 1.",
+    ["version"],
+    multiprocess_mode="max",
+    registry=REGISTRY,
+)
+
+
+class Metrics:
+    """What the proxy records, as calls. This base class records nothing: it is the object used when
+    ``PROXY_METRICS=false``, so that the hot path does no metric work and never asks whether metrics are on."""
+
+    enabled = False
+
+    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+        """A request answered (or given up): ``bpoc_proxy_requests_total`` and its duration histogram."""
+
+    def upstream_answered(self, route: str, seconds: float) -> None:
+        """BPOC's response headers arrived ``seconds`` after the request was sent."""
+
+    def attributed(self, route: str, field: str, mode: str) -> None:
+        """One attribution field written (``mode``: set, default, enforce, reference)."""
+
+    def refused(self, code: str) -> None:
+        """One JSON refusal sent, by its ``code`` (``bad_request``, ``unauthenticated``, ...)."""
+
+    def session_failed(self, reason: str) -> None:
+        """A portal session that did not verify; ``reason`` must come from a fixed set (``expired``, ...)."""
+
+    def directory_lookup(self, result: str) -> None:
+        """A recruiter lookup: ``hit``, ``miss``, ``negative`` or ``stale``."""
+
+    def directory_synced(self, at: float | None = None) -> None:
+        """BPOC's directory was loaded whole at ``at`` (Unix time; now by default)."""
+
+    def directory_sync_failed(self) -> None:
+        """A load of BPOC's directory failed."""
+
+    def recruiter_provisioned(self) -> None:
+        """RECRUITER_AUTO_PROVISION created a recruiter."""
+
+    def stale_recruiter_replayed(self) -> None:
+        """An attributed request was replayed with a re-synced recruiter ID."""
+
+    def rules_loaded(self, at: float | None = None) -> None:
+        """The rules in use were loaded at ``at`` (Unix time; now by default)."""
+
+    def rules_reloaded(self, ok: bool) -> None:
+        """A reload was tried: ``ok`` when the new rules replaced the old ones (their load time is recorded)."""
+
+    def sample_pool(self, engine: object) -> None:
+        """Sample the upstream pool's gauges from ``engine``'s counts (``open_connections``, ``idle_connections``,
+        ``waiting``, ``queue_timeouts``: each read if the engine has it). Called on a timer and before a scrape,
+        never per request."""
+
+    def render(self) -> bytes | None:
+        """The Prometheus text exposition of every worker's metrics, or None when metrics are off."""
+        return None
+
+
+class PrometheusMetrics(Metrics):
+    """Metrics recorded with prometheus-client (in multiprocess mode under ``bpoc-proxy serve``)."""
+
+    enabled = True
+
+    def __init__(self, version: str = __version__) -> None:
+        self._requests: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._upstream: dict[str, Any] = {}
+        self._attributions: dict[tuple[str, str, str], Any] = {}
+        self._refusals: dict[str, Any] = {}
+        self._session_failures: dict[str, Any] = {}
+        self._lookups = {
+            result: DIRECTORY_LOOKUPS.labels(result) for result in ("hit", "miss", "negative", "stale")
+        }
+        self._reloads = {ok: RULES_RELOADS.labels("success" if ok else "failure") for ok in (True, False)}
+        self._queue_timeouts_seen = 0
+        BUILD_INFO.labels(version).set(1)
+
+    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        children = self._requests.get(key)
+        if children is None:
+            children = self._requests[key] = _request_children(key)
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def upstream_answered(self, route: str, seconds: float) -> None:
+        _child(self._upstream, UPSTREAM_DURATION, route).observe(seconds)
+
+    def attributed(self, route: str, field: str, mode: str) -> None:
+        _child(self._attributions, ATTRIBUTIONS, (route, field, mode)).inc()
+
+    def refused(self, code: str) -> None:
+        _child(self._refusals, REFUSALS, code).inc()
+
+    def session_failed(self, reason: str) -> None:
+        _child(self._session_failures, SESSION_FAILURES, reason).inc()
+
+    def directory_lookup(self, result: str) -> None:
+        self._lookups[result].inc()
+
+    def directory_synced(self, at: float | None = None) -> None:
+        DIRECTORY_LAST_SYNC.set(time.time() if at is None else at)
+
+    def directory_sync_failed(self) -> None:
+        DIRECTORY_SYNC_FAILURES.inc()
+
+    def recruiter_provisioned(self) -> None:
+        RECRUITERS_PROVISIONED.inc()
+
+    def stale_recruiter_replayed(self) -> None:
+        STALE_RECRUITER_REPLAYS.inc()
+
+    def rules_loaded(self, at: float | None = None) -> None:
+        RULES_LOADED.set(time.time() if at is None else at)
+
+    def rules_reloaded(self, ok: bool) -> None:
+        self._reloads[ok].inc()
+        if ok:
+            self.rules_loaded()
+
+    def sample_pool(self, engine: object) -> None:
+        open_, idle = _count(engine, "open_connections"), _count(engine, "idle_connections")
+        waiting, timeouts = _count(engine, "waiting"), _count(engine, "queue_timeouts")
+        if open_ is not None:  # a count the engine does not keep stays absent rather than a false 0
+            UPSTREAM_CONNECTIONS.labels("open").set(open_)
+        if idle is not None:
+            UPSTREAM_CONNECTIONS.labels("idle").set(idle)
+        if waiting is not None:
+            UPSTREAM_QUEUE_WAITING.set(waiting)
+        if timeouts is not None and timeouts > self._queue_timeouts_seen:
+            UPSTREAM_QUEUE_TIMEOUTS.inc(timeouts - self._queue_timeouts_seen)
+            self._queue_timeouts_seen = timeouts
+
+    def render(self) -> bytes:
+        if _MULTIPROCESS_DIR is None:
+            return generate_latest(REGISTRY)
+        registry = CollectorRegistry()  # a fresh one per scrape, as prometheus-client's documentation advises
+        MultiProcessCollector(registry, path=_MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]  # untyped upstream
+        return generate_latest(registry)
+
+
+def create(enabled: bool) -> Metrics:
+    """The one Metrics object of a worker, chosen once at start-up."""
+    return PrometheusMetrics() if enabled else Metrics()
+
+
+def _request_children(key: tuple[str, str, int]) -> tuple[Any, Any]:
+    route, method, status = key
+    method = method if method in _METHODS else "OTHER"
+    return REQUESTS.labels(route, method, str(status)), REQUEST_DURATION.labels(route, method)
+
+
+def _child(cache: dict[Any, Any], metric: Any, key: Hashable) -> Any:
+    child = cache.get(key)
+    if child is None:
+        child = cache[key] = metric.labels(*key) if isinstance(key, tuple) else metric.labels(key)
+    return child
+
+
+def _count(engine: object, name: str) -> int | None:
+    value = getattr(engine, name, None)
+    return value if isinstance(value, int) else None
