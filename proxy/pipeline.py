@@ -23,10 +23,11 @@ from .auth import Authenticator, Principal, extract_token
 from .cors import Cors
 from .engine import EngineResponse, Headers
 from .errors import AuthenticationError, BadRequest, Forbidden, PayloadTooLarge, ProxyError
+from .metrics import UNLISTED, Metrics
 from .paths import METHOD_OVERRIDE_HEADERS, check_method_override, normalise_path
 from .recruiters import RecruiterDirectory
 from .rewrite import Caller, JsonBody, Plan, check_query, decode_body, plan, render
-from .rules import Rule, RuleSet
+from .rules import Match, Rule, RuleSet
 from .settings import Settings
 from .upstream import Client, Upstream, is_trusted, request_headers, response_headers
 
@@ -57,6 +58,8 @@ class Exchange:
     path: str
     started: float = field(default_factory=time.perf_counter)
     status: int = 0
+    #: The metrics' route label: the matched rule's or route's template, ``unlisted``, or ``own``.
+    route: str = UNLISTED
     user_id: str | None = None
     response_started: bool = False
     #: What the proxy wrote on an attributed route: the audit record, logged with the request's line.
@@ -84,8 +87,10 @@ class Pipeline:
         authenticator: Authenticator,
         directory: RecruiterDirectory,
         upstream: Upstream,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics or Metrics()
         self._rules = rules
         self._auth = authenticator
         self._directory = directory
@@ -103,23 +108,26 @@ class Pipeline:
         try:
             await self._handle(scope, head, receive, send, exchange)
         except ProxyError as exc:
-            await _send_error(send, exchange, exc)
+            await _send_error(send, exchange, exc, self._metrics)
         except ClientGone:
             exchange.status = exchange.status or 499
         except Exception:
             log.exception("unexpected error", extra={"fields": {"requestId": exchange.request_id}})
-            await _send_error(
-                send, exchange, ProxyError("The proxy failed unexpectedly; the error was logged.")
-            )
+            error = ProxyError("The proxy failed unexpectedly; the error was logged.")
+            await _send_error(send, exchange, error, self._metrics)
         finally:
+            elapsed = time.perf_counter() - exchange.started
+            self._metrics.request_done(exchange.route, exchange.method, exchange.status, elapsed)
             if exchange.audit is not None or self._settings.access_log:
                 _log_exchange(exchange)
 
-    async def refuse(self, scope: Scope, send: Send, error: ProxyError) -> None:
+    async def refuse(self, scope: Scope, send: Send, error: ProxyError, route: str = UNLISTED) -> None:
         """Answer with ``error`` at once, as every refusal is answered: JSON, request id, one log line."""
         head = _read_head(scope["headers"], self._session_header)
-        exchange = Exchange(head.request_id, scope.get("method", "GET"), scope["path"])
-        await _send_error(send, exchange, error)
+        exchange = Exchange(head.request_id, scope.get("method", "GET"), scope["path"], route=route)
+        await _send_error(send, exchange, error, self._metrics)
+        elapsed = time.perf_counter() - exchange.started
+        self._metrics.request_done(route, exchange.method, exchange.status, elapsed)
         if self._settings.access_log:
             _log_exchange(exchange)
 
@@ -151,10 +159,11 @@ class Pipeline:
         if head.override is not None:
             check_method_override([head.override])
         rules = self._rules()
+        match = rules.match(method, path)
+        exchange.route = _route_label(match)
 
         principal = None if rules.is_public(method, path) else await self._authenticate(head)
         exchange.user_id = principal.user_id if principal else None
-        match = rules.match(method, path)
         if match is None and rules.unlisted == "deny":
             raise Forbidden(f"{method} {path} is not a route this proxy allows (unlisted: deny).")
 
@@ -342,6 +351,11 @@ def _read_head(headers: list[tuple[bytes, bytes]], session_header: bytes) -> Req
     return head
 
 
+def _route_label(match: Match | None) -> str:
+    entry = match.rule or match.route if match is not None else None
+    return f"{entry.method} {entry.template}" if entry is not None else UNLISTED
+
+
 def _websocket_refusal() -> BadRequest:
     return BadRequest(
         "WebSocket connections are not proxied; BPOC's API is plain HTTP.", headers={"Connection": "close"}
@@ -409,7 +423,7 @@ async def _send_whole(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _send_error(send: Send, exchange: Exchange, exc: ProxyError) -> None:
+async def _send_error(send: Send, exchange: Exchange, exc: ProxyError, metrics: Metrics) -> None:
     if exchange.response_started:
         # Too late for a clean answer: the status line went out. Dropping the connection tells the client.
         log.warning(
@@ -435,6 +449,7 @@ async def _send_error(send: Send, exchange: Exchange, exc: ProxyError) -> None:
     )
     exchange.extra_headers = [h for h in exchange.extra_headers if h[0] != b"x-attribution-id"]
     await _send_whole(send, exchange, exc.status_code, headers, body)
+    metrics.refused(exc.code)
 
 
 def _audit_fields(
