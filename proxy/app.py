@@ -1,9 +1,10 @@
 """The ASGI application: the proxy's own endpoints, the lifespan that owns clients and background tasks, and the
 pipeline for everything else.
 
-The proxy's own endpoints (``/healthz``, ``/readyz``, ``/metrics``) are served by a small Starlette router and are
-never forwarded; every other path goes to the pipeline untouched by Starlette's middleware, which is where the
-hot path's time budget goes (README, "Performance").
+Two listeners, two entry points. The main listener (``ProxyApp`` itself) answers ``/healthz`` and ``/readyz`` and
+sends every other path to the pipeline, untouched by any framework, which is where the hot path's time budget goes
+(README, "Performance"). The admin listener (``ProxyApp.admin``) answers ``/healthz``, ``/readyz`` and
+``/metrics``, forwards nothing, and refuses any other path with a JSON 404. Neither needs a session.
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ import contextlib
 import gc
 import logging
 import signal
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, Router
+import orjson
 
-from . import __version__, logs
+from . import logs
 from .auth import build_authenticator
-from .errors import ConfigError, MethodNotAllowed
+from .errors import MethodNotAllowed, NotFound
+from .metrics import CONTENT_TYPE, OWN, Metrics
+from .metrics import create as create_metrics
 from .pipeline import Pipeline, Receive, Scope, Send
 from .recruiters import RecruiterDirectory
 from .reload import RulesHolder
@@ -34,13 +37,19 @@ from .upstream import ApiKey, Upstream
 log = logging.getLogger("proxy.app")
 
 OWN_PATHS = frozenset({"/healthz", "/readyz"})
+ADMIN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 WARM_UP_SECONDS = 3.0
+POOL_SAMPLE_SECONDS = 1.0
+_JSON = b"application/json"
+
+OwnAnswer = tuple[int, bytes, bytes]  # status, content type, body
 
 
 class ProxyApp:
-    def __init__(self, settings: Settings, rules: RuleSet) -> None:
+    def __init__(self, settings: Settings, rules: RuleSet, metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.rules = RulesHolder(settings.rules_path, rules)
+        self.metrics = metrics or create_metrics(settings.metrics)
+        self.rules = RulesHolder(settings.rules_path, rules, self.metrics)
         self.api_key = ApiKey(settings)
         self.http = httpx.AsyncClient(
             timeout=settings.portal_timeout, follow_redirects=False, trust_env=False
@@ -48,27 +57,71 @@ class ProxyApp:
         self.upstream = Upstream(settings, self.api_key)
         self.authenticator = build_authenticator(settings, self.http)
         self.directory = RecruiterDirectory(settings, self.http, self.api_key.get)
-        self.pipeline = Pipeline(settings, self.rules.get, self.authenticator, self.directory, self.upstream)
+        self.pipeline = Pipeline(
+            settings, self.rules.get, self.authenticator, self.directory, self.upstream, self.metrics
+        )
         self.ready = False
+        self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._router = Router(routes=[Route("/healthz", self._healthz), Route("/readyz", self._readyz)])
+        self._own: dict[str, Callable[[], OwnAnswer]] = {
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+            "/metrics": self._metrics,
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The main listener: /healthz and /readyz; every other path belongs to BPOC."""
         kind = scope["type"]
         if kind == "http":
-            if scope["path"] in OWN_PATHS and scope["method"] not in ("GET", "HEAD"):
-                error = MethodNotAllowed(
-                    f"{scope['path']} answers GET and HEAD only.", headers={"Allow": "GET, HEAD"}
-                )
-                await self.pipeline.refuse(scope, send, error)
-            elif scope["path"] in OWN_PATHS:
-                await self._router(scope, receive, send)
+            if scope["path"] in OWN_PATHS:
+                await self._own_endpoint(scope, send)
             else:
                 await self.pipeline(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "websocket":
             await self.pipeline.refuse_websocket(scope, receive, send)
+
+    async def admin(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The admin listener: /healthz, /readyz and /metrics; nothing is forwarded. Its lifespan is the main
+        listener's (``bpoc-proxy serve`` starts the app once for both)."""
+        if scope["type"] == "http":
+            if scope["path"] in ADMIN_PATHS:
+                await self._own_endpoint(scope, send)
+            else:
+                error = NotFound(
+                    f"The admin listener serves /healthz, /readyz and /metrics only, not {scope['path']}."
+                )
+                await self.pipeline.refuse(scope, send, error, route=OWN)
+        elif scope["type"] == "websocket":
+            await self.pipeline.refuse_websocket(scope, receive, send)
+
+    def begin_drain(self) -> None:
+        """Shutdown has begun: /readyz answers 503 on both listeners from now on (README "Start and stop")."""
+        self.ready = False
+        self.draining = True
+
+    async def _own_endpoint(self, scope: Scope, send: Send) -> None:
+        method, path = scope["method"], scope["path"]
+        if method not in ("GET", "HEAD"):
+            error = MethodNotAllowed(f"{path} answers GET and HEAD only.", headers={"Allow": "GET, HEAD"})
+            await self.pipeline.refuse(scope, send, error, route=OWN)
+            return
+        started = time.perf_counter()
+        if path == "/metrics" and not self.metrics.enabled:
+            await self.pipeline.refuse(
+                scope, send, NotFound("Metrics are off (PROXY_METRICS=false)."), route=OWN
+            )
+            return
+        status, content_type, body = self._own[path]()
+        headers = [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        self.metrics.request_done(OWN, method, status, time.perf_counter() - started)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -91,6 +144,8 @@ class ProxyApp:
         await self._warm_directory()
         self._spawn(self.directory.run_sync())
         self._spawn(self._flush_logs())
+        if self.metrics.enabled:
+            self._spawn(self._sample_pool())
         if self.settings.rules_reload:
             self._spawn(self.rules.watch(self.settings.rules_reload_interval))
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -103,11 +158,7 @@ class ProxyApp:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 10, 10)
-        self.ready = True
-        log.info(
-            "bpoc-proxy ready",
-            extra={"fields": {"version": __version__, "upstream": self.settings.bpoc_base_url}},
-        )
+        self.ready = not self.draining
 
     async def shutdown(self) -> None:
         self.ready = False
@@ -147,28 +198,32 @@ class ProxyApp:
             await asyncio.sleep(logs.FLUSH_INTERVAL)
             logs.flush_all()
 
-    async def _healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+    async def _sample_pool(self) -> None:
+        """The upstream pool's gauges, written once a second, so that a scrape answered by any worker reads every
+        worker's pool (each worker writes its own multiprocess file)."""
+        while True:
+            self.metrics.sample_pool(self.upstream.engine)
+            await asyncio.sleep(POOL_SAMPLE_SECONDS)
 
-    async def _readyz(self, request: Request) -> Response:
+    def _healthz(self) -> OwnAnswer:
+        return 200, _JSON, b'{"status":"ok"}'
+
+    def _readyz(self) -> OwnAnswer:
         rules = self.rules.current
+        state = "ready" if self.ready else "draining" if self.draining else "starting"
         body = {
-            "status": "ready" if self.ready else "starting",
+            "status": state,
             "rules": len(rules.rules),
             "routes": len(rules.routes),
             "authMode": self.settings.auth_mode,
         }
-        return JSONResponse(body, status_code=200 if self.ready else 503)
+        return (200 if self.ready else 503), _JSON, orjson.dumps(body)
+
+    def _metrics(self) -> OwnAnswer:
+        self.metrics.sample_pool(self.upstream.engine)
+        return 200, CONTENT_TYPE.encode(), self.metrics.render() or b""
 
 
 def create_app(settings: Settings, rules: RuleSet | None = None) -> ProxyApp:
     """Build the app; a bad rules file raises ConfigError here, before a socket is opened."""
     return ProxyApp(settings, rules if rules is not None else load_rules(settings.rules_path))
-
-
-def from_environ() -> ProxyApp:
-    """The uvicorn factory used by ``bpoc-proxy serve`` (each worker process builds its own app)."""
-    try:
-        return create_app(Settings.from_environ())
-    except ConfigError as exc:
-        raise SystemExit(f"bpoc-proxy: {exc}") from None
