@@ -56,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--user-id", default="portal-user", help="the caller's portal user id")
     explain.add_argument("--recruiter-id", help="the caller's BPOC recruiter UUID (default: a placeholder)")
     explain.add_argument("--body", default="", help="the request body as JSON, or @FILE")
-    explain.add_argument("--rules", type=Path, help="rules file (default: PROXY_RULES or rules.yaml)")
+    explain.add_argument(
+        "--rules", help="rules file (default: PROXY_RULES, else ./rules.yaml, else the packaged rules)"
+    )
     explain.set_defaults(run=_explain)
 
     recruiters = commands.add_parser(
@@ -67,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the proxy in front of a built-in BPOC sandbox")
     demo.add_argument("--port", type=int, default=8080, help="port for the proxy (default 8080)")
     demo.add_argument(
+        "--admin-port", type=int, default=0, help="port for the admin listener (default: a free one, printed)"
+    )
+    demo.add_argument(
         "--self-test", action="store_true", help="run the printed commands' requests, then exit"
     )
     demo.set_defaults(run=_demo)
@@ -74,27 +79,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .logs import logging_config
-    from .protocol import SERVER_OPTIONS
     from .rules_file import load_rules
+    from .server import serve
     from .settings import Settings
 
     settings = Settings.from_environ()
-    load_rules(settings.rules_path)  # fail here, in one line, rather than in every worker
-    uvicorn.run(
-        "proxy.app:from_environ",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_config=logging_config(settings.log_level),
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=max(1, int(settings.upstream_timeout)),
-        **SERVER_OPTIONS,
-    )
-    return 0
+    rules = load_rules(settings.rules_path)  # fail here, in one line, rather than in every worker
+    return serve(settings, rules)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -110,6 +101,10 @@ def _check(args: argparse.Namespace) -> int:
         f"  sessions: {settings.auth_mode}, header {settings.session_header}, cookie {settings.session_cookie}"
     )
     print(f"rules: OK  ({settings.rules_path}: {len(rules.rules)} rules, {len(rules.routes)} routes)")
+    if settings.admin_port:
+        print(
+            f"  admin listener: {settings.admin_host}:{settings.admin_port}, metrics {'on' if settings.metrics else 'off'}"
+        )
     for line in rules.describe():
         print(f"  {line}")
     overlaps = rules.overlaps()
@@ -126,8 +121,10 @@ def _explain(args: argparse.Namespace) -> int:
     from .paths import normalise_path
     from .rewrite import Caller, decode_body, plan, render
     from .rules_file import load_rules
+    from .settings import rules_location
 
-    rules = load_rules(args.rules or Path(os.environ.get("PROXY_RULES") or "rules.yaml"))
+    given = args.rules or os.environ.get("PROXY_RULES") or None
+    rules = load_rules(rules_location(given, setting="--rules" if args.rules else "PROXY_RULES"))
     method = args.method.upper()
     try:
         path = normalise_path(args.path.split("?", 1)[0].encode("utf-8"))
@@ -200,7 +197,7 @@ def _recruiters(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .sandbox.demo import run_demo
 
-    return run_demo(port=args.port, self_test=args.self_test)
+    return run_demo(port=args.port, admin_port=args.admin_port, self_test=args.self_test)
 
 
 if __name__ == "__main__":  # pragma: no cover
