@@ -189,6 +189,7 @@ def ready_fields(settings: Settings, listeners: list[Listener], pids: list[int])
         "admin": next((listener.url for listener in listeners if listener.admin), None),
         "rules": str(settings.rules_path),
         "metrics": settings.metrics,
+        "pid": os.getpid(),
         "workers": pids,
     }
 
@@ -496,6 +497,9 @@ class Supervisor:
                 failure = child.conn.recv()
                 if failure is None:
                     child.serving = True
+                    if self._announced:
+                        pid = child.process.pid
+                        log.info("a replacement worker serves", extra={"fields": {"pid": pid}})
                 else:
                     child.failure = failure
         except (EOFError, OSError):
