@@ -5,6 +5,7 @@ starting from any directory."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,8 +18,9 @@ import httpx
 import psutil
 import pytest
 
+from proxy.errors import ConfigError
 from proxy.sandbox.seed import BOB_ID, BpocState
-from proxy.settings import packaged_rules
+from proxy.settings import Settings, packaged_rules
 
 from .conftest import ROOT, ProxyProcess, auth, base_env, bind_socket, proxy_environ, spawn_proxy
 from .running import record, records, scrape, value, wait_for, wait_for_record
@@ -286,3 +288,38 @@ def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedP
     return subprocess.run(
         [sys.executable, "-m", "proxy", *args], env=full, cwd=cwd, capture_output=True, text=True, timeout=60
     )
+
+
+@pytest.mark.parametrize(
+    ("env", "error"),
+    [
+        ({"PROXY_PORT": "9000", "PROXY_ADMIN_PORT": "9000"}, "PROXY_ADMIN_PORT is 9000"),
+        (
+            {"PROXY_HOST": "127.0.0.1", "PROXY_PORT": "9000", "PROXY_ADMIN_PORT": "9000"},
+            "PROXY_ADMIN_PORT is 9000",
+        ),
+        ({"PROXY_HOST": "127.0.0.1", "PROXY_ADMIN_HOST": "10.0.0.5", "PROXY_ADMIN_PORT": "8080"}, None),
+        ({"PROXY_ADMIN_PORT": "0"}, None),
+        ({"PROXY_ADMIN_PORT": "65536"}, "PROXY_ADMIN_PORT must be at least 0 and at most 65535"),
+        ({"PROXY_METRICS": "maybe"}, "PROXY_METRICS must be true or false"),
+        ({"PROXY_SHUTDOWN_DELAY": "-1"}, "PROXY_SHUTDOWN_DELAY must be"),
+        ({"PROXY_SHUTDOWN_GRACE": "soon"}, "PROXY_SHUTDOWN_GRACE must be a number"),
+    ],
+    ids=[
+        "same-port",
+        "same-port-wildcard-admin",
+        "same-port-other-address",
+        "admin-off",
+        "admin-port",
+        "metrics",
+        "delay",
+        "grace",
+    ],
+)
+def test_listener_and_shutdown_settings(env: dict[str, str], error: str | None) -> None:
+    full = base_env("http://127.0.0.1:9", **env)
+    if error is None:
+        Settings.from_environ(full)
+    else:
+        with pytest.raises(ConfigError, match=re.escape(error)):
+            Settings.from_environ(full)
