@@ -39,7 +39,7 @@ log = logging.getLogger("proxy.app")
 OWN_PATHS = frozenset({"/healthz", "/readyz"})
 ADMIN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 WARM_UP_SECONDS = 3.0
-POOL_SAMPLE_SECONDS = 1.0
+METRICS_TICK_SECONDS = 1.0
 _JSON = b"application/json"
 
 OwnAnswer = tuple[int, bytes, bytes]  # status, content type, body
@@ -145,7 +145,7 @@ class ProxyApp:
         self._spawn(self.directory.run_sync())
         self._spawn(self._flush_logs())
         if self.metrics.enabled:
-            self._spawn(self._sample_pool())
+            self._spawn(self._metrics_tick())
         if self.settings.rules_reload:
             self._spawn(self.rules.watch(self.settings.rules_reload_interval))
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -169,6 +169,7 @@ class ProxyApp:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await self.upstream.close()
         await self.http.aclose()
+        self.metrics.flush()
         logs.flush_all()
 
     def _on_sighup(self) -> None:
@@ -198,12 +199,13 @@ class ProxyApp:
             await asyncio.sleep(logs.FLUSH_INTERVAL)
             logs.flush_all()
 
-    async def _sample_pool(self) -> None:
-        """The upstream pool's gauges, written once a second, so that a scrape answered by any worker reads every
-        worker's pool (each worker writes its own multiprocess file)."""
+    async def _metrics_tick(self) -> None:
+        """Once a second, this worker's tallies and its upstream pool's gauges go to its metrics files, so that a
+        scrape answered by any worker reads every worker's (proxy/metrics.py)."""
         while True:
+            await asyncio.sleep(METRICS_TICK_SECONDS)
+            self.metrics.flush()
             self.metrics.sample_pool(self.upstream.engine)
-            await asyncio.sleep(POOL_SAMPLE_SECONDS)
 
     def _healthz(self) -> OwnAnswer:
         return 200, _JSON, b'{"status":"ok"}'

@@ -62,3 +62,8 @@ def scrape(admin_url: str) -> Samples:
 def value(samples: Samples, name: str, **labels: str) -> float:
     """One sample's value; 0 when the series does not exist (yet)."""
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def wait_for_value(admin_url: str, name: str, expected: float, **labels: str) -> None:
+    """Scrape until a sample reaches ``expected``: each worker writes its counts once a second."""
+    wait_for(lambda: value(scrape(admin_url), name, **labels) == expected, f"{name}{labels} to be {expected}")

@@ -14,7 +14,7 @@ from proxy import __version__
 from proxy.sandbox.seed import BpocState
 
 from .conftest import ProxyProcess, auth
-from .running import records, scrape, value, wait_for, wait_for_record
+from .running import records, scrape, value, wait_for, wait_for_record, wait_for_value
 
 JOB = {"title": "Backend Engineer"}
 CREATE = "POST /api/v1/jobs/create"
@@ -144,7 +144,9 @@ def test_two_workers_are_summed_in_one_scrape(
 
     wait_for(served_by_both, "requests served by both workers")
     served = {"route": "unlisted", "method": "GET", "status": "200"}
-    # Every worker's requests are in the sum, whichever worker answers the scrape (each scrape is a new connection).
+    # Every worker's requests are in the sum, whichever worker answers the scrape (each scrape is a new connection;
+    # each worker writes its counts within a second).
+    wait_for_value(proxy.admin_url, "bpoc_proxy_requests_total", sent, **served)
     for _ in range(4):
         assert value(scrape(proxy.admin_url), "bpoc_proxy_requests_total", **served) == sent
     assert value(scrape(proxy.admin_url), "bpoc_proxy_build_info", version=__version__) == 1

@@ -23,7 +23,7 @@ from proxy.sandbox.seed import BOB_ID, BpocState
 from proxy.settings import Settings, packaged_rules
 
 from .conftest import ROOT, ProxyProcess, auth, base_env, bind_socket, proxy_environ, spawn_proxy
-from .running import record, records, scrape, value, wait_for, wait_for_record
+from .running import record, records, wait_for, wait_for_record, wait_for_value
 
 JOB = {"title": "Backend Engineer"}
 
@@ -177,7 +177,7 @@ def test_a_worker_that_dies_is_replaced(proxy_process: Callable[..., ProxyProces
     for _ in range(4):
         assert httpx.get(proxy.url + "/api/v1/jobs", headers=auth(), timeout=30).status_code == 200
     served = {"route": "unlisted", "method": "GET", "status": "200"}
-    assert value(scrape(proxy.admin_url), "bpoc_proxy_requests_total", **served) == 4
+    wait_for_value(proxy.admin_url, "bpoc_proxy_requests_total", 4, **served)
 
     os.kill(victim, signal.SIGKILL)
     died = wait_for_record(proxy, f"worker {victim} died unexpectedly")
@@ -186,7 +186,7 @@ def test_a_worker_that_dies_is_replaced(proxy_process: Callable[..., ProxyProces
     assert replacement not in (victim, survivor)
     for _ in range(4):
         assert httpx.get(proxy.url + "/api/v1/jobs", headers=auth(), timeout=30).status_code == 200
-    assert value(scrape(proxy.admin_url), "bpoc_proxy_requests_total", **served) == 8
+    wait_for_value(proxy.admin_url, "bpoc_proxy_requests_total", 8, **served)
     proxy.process.terminate()
     assert proxy.process.wait(timeout=60) == 0
 
@@ -205,7 +205,7 @@ def test_sighup_reloads_the_rules_in_every_worker(
     wait_for(
         lambda: [r["msg"] for r in records(proxy)].count("rules reloaded") == 2, "both workers to reload"
     )
-    assert value(scrape(proxy.admin_url), "bpoc_proxy_rules_reloads_total", result="success") == 2
+    wait_for_value(proxy.admin_url, "bpoc_proxy_rules_reloads_total", 2, result="success")
 
 
 def test_serve_check_and_explain_work_from_any_directory(bpoc_url: str, tmp_path: Path) -> None:

@@ -51,13 +51,14 @@ class PoolCounts:
     queue_timeouts: int = 4
 
 
-def families() -> dict[str, Any]:
-    rendered = PrometheusMetrics().render()
+def families(recorder: PrometheusMetrics) -> dict[str, Any]:
+    """What a scrape shows; rendering flushes ``recorder``'s tallies first, as a scrape does."""
+    rendered = recorder.render()
     return {family.name: family for family in text_string_to_metric_families(rendered.decode())}
 
 
-def sample(name: str, **labels: str) -> float:
-    for family in families().values():
+def sample(recorder: PrometheusMetrics, name: str, **labels: str) -> float:
+    for family in families(recorder).values():
         for item in family.samples:
             if item.name == name and item.labels == labels:
                 return float(item.value)
@@ -82,7 +83,7 @@ def test_every_metric_of_the_contract_is_exported_with_its_labels() -> None:
     recorder.rules_reloaded(False)
     recorder.sample_pool(PoolCounts())
 
-    found = families()
+    found = families(recorder)
     for name, (kind, labels) in CONTRACT.items():
         assert name in found, name
         family = found[name]
@@ -90,41 +91,72 @@ def test_every_metric_of_the_contract_is_exported_with_its_labels() -> None:
         assert family.samples, name
         for item in family.samples:
             assert set(item.labels) - {"le"} == labels, (name, item.labels)
-    assert sample("bpoc_proxy_upstream_connections", state="open") == 3
-    assert sample("bpoc_proxy_upstream_connections", state="idle") == 2
-    assert sample("bpoc_proxy_upstream_queue_waiting") == 1
-    assert sample("bpoc_proxy_build_info", version=metrics.__version__) == 1
+    assert sample(recorder, "bpoc_proxy_upstream_connections", state="open") == 3
+    assert sample(recorder, "bpoc_proxy_upstream_connections", state="idle") == 2
+    assert sample(recorder, "bpoc_proxy_upstream_queue_waiting") == 1
+    assert sample(recorder, "bpoc_proxy_build_info", version=metrics.__version__) == 1
+
+
+def test_tallies_reach_the_metrics_when_flushed() -> None:
+    """The request path adds to the worker's tallies; a flush (once a second, and before a scrape) writes them."""
+    recorder, scraper = PrometheusMetrics(), PrometheusMetrics()
+    labels = {"route": "POST /api/v1/interviews", "method": "POST", "status": "201"}
+    before = sample(scraper, "bpoc_proxy_requests_total", **labels)
+    recorder.request_done(labels["route"], "POST", 201, 0.002)
+    assert sample(scraper, "bpoc_proxy_requests_total", **labels) == before  # not flushed yet
+    recorder.flush()
+    assert sample(scraper, "bpoc_proxy_requests_total", **labels) == before + 1
+
+
+def test_durations_land_in_the_right_buckets() -> None:
+    """Each observation counts in the first bucket whose bound is at least its value, as Histogram.observe does;
+    the rendered buckets are cumulative."""
+    recorder = PrometheusMetrics()
+    route = "POST /test/{buckets}"  # a series no other test writes
+    for seconds in (0.0005, 0.001, 0.003, 0.2, 100.0):
+        recorder.upstream_answered(route, seconds)
+    name = "bpoc_proxy_upstream_duration_seconds"
+    expected = {"0.001": 2, "0.0025": 2, "0.005": 3, "0.1": 3, "0.25": 4, "30.0": 4, "+Inf": 5}
+    assert {le: sample(recorder, name + "_bucket", route=route, le=le) for le in expected} == expected
+    assert sample(recorder, name + "_count", route=route) == 5
+    assert sample(recorder, name + "_sum", route=route) == pytest.approx(100.2045)
 
 
 def test_counts_move_by_one_per_call() -> None:
     recorder = PrometheusMetrics()
     labels = {"route": "PUT /api/v1/onboarding/{taskId}", "method": "PUT", "status": "200"}
-    before = sample("bpoc_proxy_requests_total", **labels)
-    count = sample("bpoc_proxy_request_duration_seconds_count", route=labels["route"], method="PUT")
+    before = sample(recorder, "bpoc_proxy_requests_total", **labels)
+    count = sample(recorder, "bpoc_proxy_request_duration_seconds_count", route=labels["route"], method="PUT")
     for _ in range(3):
         recorder.request_done(labels["route"], "PUT", 200, 0.002)
-    assert sample("bpoc_proxy_requests_total", **labels) == before + 3
+    assert sample(recorder, "bpoc_proxy_requests_total", **labels) == before + 3
     assert (
-        sample("bpoc_proxy_request_duration_seconds_count", route=labels["route"], method="PUT") == count + 3
+        sample(recorder, "bpoc_proxy_request_duration_seconds_count", route=labels["route"], method="PUT")
+        == count + 3
     )
 
 
 def test_an_unusual_method_is_labelled_other() -> None:
     """httptools accepts dozens of methods (WebDAV, ...); they share one label value."""
     recorder = PrometheusMetrics()
-    before = sample("bpoc_proxy_requests_total", route="unlisted", method="OTHER", status="405")
+    before = sample(recorder, "bpoc_proxy_requests_total", route="unlisted", method="OTHER", status="405")
     recorder.request_done("unlisted", "PROPFIND", 405, 0.001)
-    assert sample("bpoc_proxy_requests_total", route="unlisted", method="OTHER", status="405") == before + 1
-    assert sample("bpoc_proxy_requests_total", route="unlisted", method="PROPFIND", status="405") == 0
+    assert (
+        sample(recorder, "bpoc_proxy_requests_total", route="unlisted", method="OTHER", status="405")
+        == before + 1
+    )
+    assert (
+        sample(recorder, "bpoc_proxy_requests_total", route="unlisted", method="PROPFIND", status="405") == 0
+    )
 
 
 def test_queue_timeouts_are_counted_from_the_engines_running_total() -> None:
     recorder = PrometheusMetrics()
-    before = sample("bpoc_proxy_upstream_queue_timeouts_total")
+    before = sample(recorder, "bpoc_proxy_upstream_queue_timeouts_total")
     recorder.sample_pool(PoolCounts(queue_timeouts=4))
     recorder.sample_pool(PoolCounts(queue_timeouts=4))
     recorder.sample_pool(PoolCounts(queue_timeouts=6))
-    assert sample("bpoc_proxy_upstream_queue_timeouts_total") == before + 6
+    assert sample(recorder, "bpoc_proxy_upstream_queue_timeouts_total") == before + 6
 
 
 def test_an_engine_without_counts_adds_no_pool_series() -> None:
@@ -136,11 +168,13 @@ def test_metrics_off_records_nothing() -> None:
     """PROXY_METRICS=false: the no-op Metrics, whose render is None; the proxy then answers /metrics with a 404."""
     off = metrics.create(False)
     assert type(off) is Metrics and not off.enabled
-    before = sample("bpoc_proxy_refusals_total", code="metrics_off_probe")
+    recorder = PrometheusMetrics()
+    before = sample(recorder, "bpoc_proxy_refusals_total", code="metrics_off_probe")
     off.refused("metrics_off_probe")
     off.request_done("unlisted", "GET", 200, 0.001)
+    off.flush()
     assert off.render() is None
-    assert sample("bpoc_proxy_refusals_total", code="metrics_off_probe") == before
+    assert sample(recorder, "bpoc_proxy_refusals_total", code="metrics_off_probe") == before
     assert isinstance(metrics.create(True), PrometheusMetrics)
 
 
