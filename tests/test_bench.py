@@ -17,6 +17,7 @@ THROUGHPUT_CASES = {
     "engine_aiohttp",
     "proxy_x1_post_session",
     "proxy_x1_post_cache",
+    "proxy_x1_post_cache_no_metrics",
     "proxy_x1_get",
     "proxy_x2_post_cache",
     "proxy_x2_get",
@@ -52,5 +53,5 @@ def test_quick_benchmark_writes_every_case(tmp_path: Path) -> None:
     assert results["matcher"]["error"] is None
     assert {t["rules"] for t in results["matcher"]["timings"]} == {10, 10_000}
     assert set(results["idle_rss_mb"]) == {"proxy x1", "proxy x2"}
-    assert len(results["targets"]) == 9
+    assert len(results["targets"]) == 11
     assert all(target["value"] is not None for target in results["targets"])
