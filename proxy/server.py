@@ -172,6 +172,7 @@ def serve(settings: Settings, rules: RuleSet) -> int:
                 worker = Worker(settings, listeners, rules)
                 _stop_on_signals(worker.stop)
                 status = worker.run()
+            _stop_on_signals(lambda sig: None)  # the drain is over: a late signal must not change the status
         log.info("bpoc-proxy stopped", extra={"fields": {"exitStatus": status}})
         return status
     finally:
@@ -225,10 +226,7 @@ class Worker:
         """Serve until stopped; the exit status (0 drained, 1 requests cut, 2 start-up failed)."""
         loop_factory = uvicorn.Config(_no_app, log_config=None, **SERVER_OPTIONS).get_loop_factory()
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            status = runner.run(self.serve())
-        if threading.current_thread() is threading.main_thread():
-            _stop_on_signals(lambda sig: None)  # the drain is over: a late signal must not change the status
-        return status
+            return runner.run(self.serve())
 
     def stop(self, sig: int | None = None) -> None:
         """Begin the drain (the first call; later ones change nothing: the drain is bounded by its settings).
