@@ -205,7 +205,7 @@ class ProxyApp:
         while True:
             await asyncio.sleep(METRICS_TICK_SECONDS)
             self.metrics.flush()
-            self.metrics.sample_pool(self.upstream.engine)
+            self.metrics.sample_pool(self.upstream)
 
     def _healthz(self) -> OwnAnswer:
         return 200, _JSON, b'{"status":"ok"}'
@@ -222,7 +222,7 @@ class ProxyApp:
         return (200 if self.ready else 503), _JSON, orjson.dumps(body)
 
     def _metrics(self) -> OwnAnswer:
-        self.metrics.sample_pool(self.upstream.engine)
+        self.metrics.sample_pool(self.upstream)
         return 200, CONTENT_TYPE.encode(), self.metrics.render() or b""
 
 

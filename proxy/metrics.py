@@ -16,7 +16,7 @@ asking whether metrics are on::
     metrics.directory_lookup(result)                       # hit, miss, negative or stale
     metrics.directory_synced() / directory_sync_failed() / recruiter_provisioned() / stale_recruiter_replayed()
     metrics.rules_reloaded(ok) / rules_loaded()
-    metrics.sample_pool(engine)                            # the upstream pool's gauges, sampled (not per request)
+    metrics.sample_pool(upstream)                          # the upstream pool's gauges, sampled (not per request)
 
 Label children are bound once per label tuple and kept in a dict, and a request only adds to this worker's own
 tallies: a dict lookup and an addition or two per call, well under a microsecond. ``flush`` writes the tallies
@@ -204,10 +204,10 @@ class Metrics:
     def rules_reloaded(self, ok: bool) -> None:
         """A reload was tried: ``ok`` when the new rules replaced the old ones (their load time is recorded)."""
 
-    def sample_pool(self, engine: object) -> None:
-        """Sample the upstream pool's gauges from ``engine``'s counts (``open_connections``, ``idle_connections``,
-        ``waiting``, ``queue_timeouts``: each read if the engine has it). Called on a timer and before a scrape,
-        never per request."""
+    def sample_pool(self, pool: object) -> None:
+        """Sample the upstream pool's gauges from ``pool``'s counts (the Upstream's ``open_connections``,
+        ``idle_connections``, ``waiting`` and ``queue_timeouts``: each read if it has it). Called on a timer and
+        before a scrape, never per request."""
 
     def flush(self) -> None:
         """Write this worker's tallies to the metrics files; the app calls it once a second and at shutdown."""
@@ -298,10 +298,10 @@ class PrometheusMetrics(Metrics):
         if ok:
             self.rules_loaded()
 
-    def sample_pool(self, engine: object) -> None:
-        open_, idle = _count(engine, "open_connections"), _count(engine, "idle_connections")
-        waiting, timeouts = _count(engine, "waiting"), _count(engine, "queue_timeouts")
-        if open_ is not None:  # a count the engine does not keep stays absent rather than a false 0
+    def sample_pool(self, pool: object) -> None:
+        open_, idle = _count(pool, "open_connections"), _count(pool, "idle_connections")
+        waiting, timeouts = _count(pool, "waiting"), _count(pool, "queue_timeouts")
+        if open_ is not None:  # a count the pool does not keep stays absent rather than a false 0
             UPSTREAM_CONNECTIONS.labels("open").set(open_)
         if idle is not None:
             UPSTREAM_CONNECTIONS.labels("idle").set(idle)
@@ -383,6 +383,6 @@ def create(enabled: bool) -> Metrics:
     return PrometheusMetrics() if enabled else Metrics()
 
 
-def _count(engine: object, name: str) -> int | None:
-    value = getattr(engine, name, None)
+def _count(pool: object, name: str) -> int | None:
+    value = getattr(pool, name, None)
     return value if isinstance(value, int) else None

@@ -216,11 +216,6 @@ class Upstream:
         if self._engine is not None:
             await self._engine.aclose()
 
-    @property
-    def engine(self) -> Engine | None:
-        """The engine once started: the metrics sample its pool counts (``Metrics.sample_pool``)."""
-        return self._engine
-
     async def send(
         self,
         method: str,
