@@ -41,7 +41,9 @@ def record(proxy: ProxyProcess, msg: str) -> dict[str, Any] | None:
 
 
 def wait_for_record(proxy: ProxyProcess, msg: str) -> dict[str, Any]:
-    return wait_for(lambda: record(proxy, msg), f"the log line {msg!r}")
+    found = wait_for(lambda: record(proxy, msg), f"the log line {msg!r}")
+    assert found is not None
+    return found
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

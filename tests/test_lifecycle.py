@@ -15,14 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import psutil
+import psutil  # type: ignore[import-untyped]  # no types-psutil in the test extras
 import pytest
 
 from proxy.errors import ConfigError
 from proxy.sandbox.seed import BOB_ID, BpocState
+from proxy.sandbox.server import bind_socket
 from proxy.settings import Settings, packaged_rules
 
-from .conftest import ROOT, ProxyProcess, auth, base_env, bind_socket, proxy_environ, spawn_proxy
+from .conftest import ROOT, ProxyProcess, auth, base_env, proxy_environ, spawn_proxy
 from .running import record, records, wait_for, wait_for_record, wait_for_value
 
 JOB = {"title": "Backend Engineer"}
@@ -63,19 +64,20 @@ def test_a_signal_drains_and_exits_0(
     """Not ready at once on both listeners while still serving for PROXY_SHUTDOWN_DELAY; then no new connections,
     the request in flight finishes with Connection: close, and the process exits 0."""
     proxy = proxy_process(PROXY_SHUTDOWN_DELAY="3", PROXY_SHUTDOWN_GRACE="60", PROXY_UPSTREAM_TIMEOUT="60")
-    assert proxy.admin_url is not None
+    admin = proxy.admin_url
+    assert admin is not None
     slow = InFlight(proxy.url + "/_sandbox/slow?seconds=6")
     wait_for(lambda: bpoc_state.requests_to("/_sandbox/slow"), "the slow request to reach BPOC")
     proxy.process.send_signal(sig)
 
-    wait_for(lambda: httpx.get(proxy.admin_url + "/readyz").status_code == 503, "/readyz to answer 503")
+    wait_for(lambda: httpx.get(admin + "/readyz").status_code == 503, "/readyz to answer 503")
     during = httpx.get(proxy.url + "/readyz")
     assert during.status_code == 503 and during.json()["status"] == "draining"
     assert httpx.get(proxy.url + "/api/v1/jobs", headers=auth()).status_code == 200  # served as usual
-    assert httpx.get(proxy.admin_url + "/healthz").status_code == 200
+    assert httpx.get(admin + "/healthz").status_code == 200
 
     wait_for_record(proxy, "listeners closed")
-    assert refused(proxy.url + "/healthz") and refused(proxy.admin_url + "/healthz")
+    assert refused(proxy.url + "/healthz") and refused(admin + "/healthz")
     slow.join()
     assert slow.response is not None, slow.error
     assert slow.response.status_code == 200 and slow.response.json() == {"slept": 6.0}

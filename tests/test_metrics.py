@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy import metrics
+from proxy import __version__, metrics
 from proxy.metrics import Metrics, PrometheusMetrics
 
 from .conftest import ROOT
@@ -94,7 +94,7 @@ def test_every_metric_of_the_contract_is_exported_with_its_labels() -> None:
     assert sample(recorder, "bpoc_proxy_upstream_connections", state="open") == 3
     assert sample(recorder, "bpoc_proxy_upstream_connections", state="idle") == 2
     assert sample(recorder, "bpoc_proxy_upstream_queue_waiting") == 1
-    assert sample(recorder, "bpoc_proxy_build_info", version=metrics.__version__) == 1
+    assert sample(recorder, "bpoc_proxy_build_info", version=__version__) == 1
 
 
 def test_tallies_reach_the_metrics_when_flushed() -> None:
