@@ -11,6 +11,11 @@ it is ours, because the proxy starts and stops unlike ``uvicorn.run``: two liste
 one app, one line and exit status 2 for any start-up failure, a drain with a readiness delay and a grace, and exit
 status 0 after a clean drain (uvicorn re-raises the signal and ends with status 143).
 
+What this takes from uvicorn beyond its public ``Config``: ``ServerState`` (the ``connections`` and ``tasks`` shared
+by the protocols), the protocol's constructor ``(config, server_state, app_state, _loop)``, its ``shutdown()`` (close
+when idle, else answer with ``Connection: close``) and its ``transport``. tests/test_lifecycle.py checks that they
+are still there (uvicorn is pinned below 0.55), and the drain tests check what they do.
+
 The drain, the same in every worker, on SIGTERM or SIGINT:
 
 1. ``/readyz`` answers 503 on both listeners; for PROXY_SHUTDOWN_DELAY seconds everything else is served as usual

@@ -4,6 +4,7 @@ starting from any directory."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import shutil
@@ -17,6 +18,9 @@ from pathlib import Path
 import httpx
 import psutil  # type: ignore[import-untyped]  # no types-psutil in the test extras
 import pytest
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 
 from proxy.errors import ConfigError
 from proxy.sandbox.seed import BOB_ID, BpocState
@@ -325,3 +329,15 @@ def test_listener_and_shutdown_settings(env: dict[str, str], error: str | None) 
     else:
         with pytest.raises(ConfigError, match=re.escape(error)):
             Settings.from_environ(full)
+
+
+def test_the_uvicorn_internals_the_server_relies_on_are_there() -> None:
+    """proxy/server.py drives uvicorn's protocol itself: its constructor, shutdown(), transport, and ServerState's
+    connections and tasks. A uvicorn that renames one of them fails here, in one sentence, before the pin moves."""
+    constructor = list(inspect.signature(HttpToolsProtocol.__init__).parameters)
+    assert constructor == ["self", "config", "server_state", "app_state", "_loop"], uvicorn.__version__
+    assert list(inspect.signature(HttpToolsProtocol.shutdown).parameters) == ["self"], uvicorn.__version__
+    state = ServerState()
+    assert isinstance(state.connections, set) and isinstance(state.tasks, set), uvicorn.__version__
+    assert "self.transport" in inspect.getsource(HttpToolsProtocol.connection_made), uvicorn.__version__
+    assert callable(getattr(uvicorn.Config, "get_loop_factory", None)), uvicorn.__version__
