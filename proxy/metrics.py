@@ -25,22 +25,19 @@ answers, and at shutdown. A scrape may miss another worker's latest second; a wo
 loses its last second.
 
 Several worker processes are summed by prometheus-client's multiprocess mode: each process writes its values to
-memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR``, and ``render`` reads every process's files. That variable
-must be set before prometheus-client is first imported in a process, which ``proxy/server.py`` does before it
-imports the app; a process that imports this module without it (the tests' in-thread servers, the demo) keeps its
-values in memory and renders them alone. The timestamp gauges are summed as their maximum across processes, the
-connection gauges as the sum over live processes.
+memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR``, and ``render`` reads every process's files (see
+:class:`Definitions` for when prometheus-client is imported). The timestamp gauges are summed as their maximum
+across processes, the connection gauges as the sum over live processes. With metrics off, prometheus-client is
+never imported.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from bisect import bisect_left
 from typing import Any, TypeVar
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from . import __version__
 
@@ -58,108 +55,144 @@ _BOUNDS = (
     float("inf"),
 )  # as prometheus-client's Histogram keeps them: an observation goes in the first >=
 _LOOKUP_RESULTS = ("hit", "miss", "negative", "stale")
-_MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 _T = TypeVar("_T", "_Count", "_Durations")
 
-# Every metric in one place. In multiprocess mode the registry is unused (render reads the files).
-REGISTRY = CollectorRegistry(auto_describe=True)
-REQUESTS = Counter(
-    "bpoc_proxy_requests",
-    "Requests answered, by route template, method and status.",
-    ["route", "method", "status"],
-    registry=REGISTRY,
-)
-REQUEST_DURATION = Histogram(
-    "bpoc_proxy_request_duration_seconds",
-    "Time from a request's arrival to the end of the proxy's answer.",
-    ["route", "method"],
-    buckets=BUCKETS,
-    registry=REGISTRY,
-)
-UPSTREAM_DURATION = Histogram(
-    "bpoc_proxy_upstream_duration_seconds",
-    "BPOC's time to response headers.",
-    ["route"],
-    buckets=BUCKETS,
-    registry=REGISTRY,
-)
-UPSTREAM_CONNECTIONS = Gauge(
-    "bpoc_proxy_upstream_connections",
-    "Connections to BPOC: open (in use or idle), idle (in the pool).",
-    ["state"],
-    multiprocess_mode="livesum",
-    registry=REGISTRY,
-)
-UPSTREAM_QUEUE_WAITING = Gauge(
-    "bpoc_proxy_upstream_queue_waiting",
-    "Requests waiting for a free connection to BPOC (PROXY_UPSTREAM_MAX_CONNECTIONS reached).",
-    multiprocess_mode="livesum",
-    registry=REGISTRY,
-)
-UPSTREAM_QUEUE_TIMEOUTS = Counter(
-    "bpoc_proxy_upstream_queue_timeouts",
-    "Requests refused after waiting PROXY_UPSTREAM_QUEUE_TIMEOUT for a connection to BPOC.",
-    registry=REGISTRY,
-)
-ATTRIBUTIONS = Counter(
-    "bpoc_proxy_attributions",
-    "Attribution fields written, by route template, field and mode.",
-    ["route", "field", "mode"],
-    registry=REGISTRY,
-)
-REFUSALS = Counter(
-    "bpoc_proxy_refusals",
-    "Requests refused by the proxy, by the code of the JSON error.",
-    ["code"],
-    registry=REGISTRY,
-)
-SESSION_FAILURES = Counter(
-    "bpoc_proxy_session_failures",
-    "Portal sessions that did not verify, by reason.",
-    ["reason"],
-    registry=REGISTRY,
-)
-DIRECTORY_LOOKUPS = Counter(
-    "bpoc_proxy_directory_lookups",
-    "Recruiter directory lookups: hit, miss, negative (known unknown), stale (served while BPOC was unreachable).",
-    ["result"],
-    registry=REGISTRY,
-)
-DIRECTORY_LAST_SYNC = Gauge(
-    "bpoc_proxy_directory_last_sync_timestamp_seconds",
-    "When BPOC's recruiter directory was last loaded whole (Unix time).",
-    multiprocess_mode="max",
-    registry=REGISTRY,
-)
-DIRECTORY_SYNC_FAILURES = Counter(
-    "bpoc_proxy_directory_sync_failures", "Failed loads of BPOC's recruiter directory.", registry=REGISTRY
-)
-RECRUITERS_PROVISIONED = Counter(
-    "bpoc_proxy_recruiters_provisioned",
-    "BPOC recruiters created by RECRUITER_AUTO_PROVISION.",
-    registry=REGISTRY,
-)
-STALE_RECRUITER_REPLAYS = Counter(
-    "bpoc_proxy_stale_recruiter_replays",
-    "Attributed requests replayed once after BPOC refused a stale recruiter ID.",
-    registry=REGISTRY,
-)
-RULES_RELOADS = Counter(
-    "bpoc_proxy_rules_reloads", "Rules reloads, by result (success, failure).", ["result"], registry=REGISTRY
-)
-RULES_LOADED = Gauge(
-    "bpoc_proxy_rules_loaded_timestamp_seconds",
-    "When the rules in use were loaded (Unix time).",
-    multiprocess_mode="max",
-    registry=REGISTRY,
-)
-BUILD_INFO = Gauge(
-    "bpoc_proxy_build_info",
-    "The proxy's version, as a label; the value is always 1.",
-    ["version"],
-    multiprocess_mode="max",
-    registry=REGISTRY,
-)
+
+class Definitions:
+    """Every metric the proxy exports, made once per process by :func:`definitions`.
+
+    prometheus-client chooses between in-memory values and multiprocess files when it is first imported, from
+    PROMETHEUS_MULTIPROC_DIR; it is imported here, when the first PrometheusMetrics is made (in a worker, after
+    ``proxy/server.py`` has set the variable), never merely by importing this module. A process that makes one
+    without the variable (the tests' in-thread servers, the demo) keeps its values in memory and renders them alone.
+    """
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        # In multiprocess mode this registry is not rendered (the files are).
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "bpoc_proxy_requests",
+            "Requests answered, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "bpoc_proxy_request_duration_seconds",
+            "Time from a request's arrival to the end of the proxy's answer.",
+            ["route", "method"],
+            buckets=BUCKETS,
+            registry=registry,
+        )
+        self.upstream_duration = Histogram(
+            "bpoc_proxy_upstream_duration_seconds",
+            "BPOC's time to response headers.",
+            ["route"],
+            buckets=BUCKETS,
+            registry=registry,
+        )
+        self.upstream_connections = Gauge(
+            "bpoc_proxy_upstream_connections",
+            "Connections to BPOC: open (in use or idle), idle (in the pool).",
+            ["state"],
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.upstream_queue_waiting = Gauge(
+            "bpoc_proxy_upstream_queue_waiting",
+            "Requests waiting for a free connection to BPOC (PROXY_UPSTREAM_MAX_CONNECTIONS reached).",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.upstream_queue_timeouts = Counter(
+            "bpoc_proxy_upstream_queue_timeouts",
+            "Requests refused after waiting PROXY_UPSTREAM_QUEUE_TIMEOUT for a connection to BPOC.",
+            registry=registry,
+        )
+        self.attributions = Counter(
+            "bpoc_proxy_attributions",
+            "Attribution fields written, by route template, field and mode.",
+            ["route", "field", "mode"],
+            registry=registry,
+        )
+        self.refusals = Counter(
+            "bpoc_proxy_refusals",
+            "Requests refused by the proxy, by the code of the JSON error.",
+            ["code"],
+            registry=registry,
+        )
+        self.session_failures = Counter(
+            "bpoc_proxy_session_failures",
+            "Portal sessions that did not verify, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.directory_lookups = Counter(
+            "bpoc_proxy_directory_lookups",
+            "Recruiter directory lookups: hit, miss, negative (known unknown), stale (served while BPOC was "
+            "unreachable).",
+            ["result"],
+            registry=registry,
+        )
+        self.directory_last_sync = Gauge(
+            "bpoc_proxy_directory_last_sync_timestamp_seconds",
+            "When BPOC's recruiter directory was last loaded whole (Unix time).",
+            multiprocess_mode="max",
+            registry=registry,
+        )
+        self.directory_sync_failures = Counter(
+            "bpoc_proxy_directory_sync_failures",
+            "Failed loads of BPOC's recruiter directory.",
+            registry=registry,
+        )
+        self.recruiters_provisioned = Counter(
+            "bpoc_proxy_recruiters_provisioned",
+            "BPOC recruiters created by RECRUITER_AUTO_PROVISION.",
+            registry=registry,
+        )
+        self.stale_recruiter_replays = Counter(
+            "bpoc_proxy_stale_recruiter_replays",
+            "Attributed requests replayed once after BPOC refused a stale recruiter ID.",
+            registry=registry,
+        )
+        self.rules_reloads = Counter(
+            "bpoc_proxy_rules_reloads",
+            "Rules reloads, by result (success, failure).",
+            ["result"],
+            registry=registry,
+        )
+        self.rules_loaded = Gauge(
+            "bpoc_proxy_rules_loaded_timestamp_seconds",
+            "When the rules in use were loaded (Unix time).",
+            multiprocess_mode="max",
+            registry=registry,
+        )
+        self.build_info = Gauge(
+            "bpoc_proxy_build_info",
+            "The proxy's version, as a label; the value is always 1.",
+            ["version"],
+            multiprocess_mode="max",
+            registry=registry,
+        )
+
+    def render(self) -> bytes:
+        """Every process's metrics in the text format (this process's alone outside multiprocess mode)."""
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()  # a fresh one per scrape, as prometheus-client's documentation advises
+        MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]  # untyped upstream
+        return generate_latest(registry)
+
+
+@functools.cache
+def definitions() -> Definitions:
+    """The metrics of this process, made on first use."""
+    return Definitions()
 
 
 class Metrics:
@@ -229,16 +262,21 @@ class PrometheusMetrics(Metrics):
     enabled = True
 
     def __init__(self, version: str = __version__) -> None:
+        self._defined = defined = definitions()
         self._requests: dict[tuple[str, str, int], _Durations] = {}
         self._upstream: dict[str, _Durations] = {}
         self._attributions: dict[tuple[str, str, str], _Count] = {}
         self._refusals: dict[str, _Count] = {}
         self._session_failures: dict[str, _Count] = {}
-        self._lookups = {result: _Count(DIRECTORY_LOOKUPS.labels(result)) for result in _LOOKUP_RESULTS}
+        self._lookups = {
+            result: _Count(defined.directory_lookups.labels(result)) for result in _LOOKUP_RESULTS
+        }
         self._tallies: list[_Count | _Durations] = [*self._lookups.values()]
-        self._reloads = {ok: RULES_RELOADS.labels("success" if ok else "failure") for ok in (True, False)}
+        self._reloads = {
+            ok: defined.rules_reloads.labels("success" if ok else "failure") for ok in (True, False)
+        }
         self._queue_timeouts_seen = 0
-        BUILD_INFO.labels(version).set(1)
+        defined.build_info.labels(version).set(1)
 
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
         tally = self._requests.get((route, method, status))
@@ -251,7 +289,9 @@ class PrometheusMetrics(Metrics):
     def upstream_answered(self, route: str, seconds: float) -> None:
         tally = self._upstream.get(route)
         if tally is None:
-            tally = self._upstream[route] = self._track(_Durations(UPSTREAM_DURATION.labels(route)))
+            tally = self._upstream[route] = self._track(
+                _Durations(self._defined.upstream_duration.labels(route))
+            )
         tally.count += 1
         tally.total += seconds
         tally.buckets[bisect_left(_BOUNDS, seconds)] += 1
@@ -260,38 +300,40 @@ class PrometheusMetrics(Metrics):
         key = (route, field, mode)
         tally = self._attributions.get(key)
         if tally is None:
-            tally = self._attributions[key] = self._track(_Count(ATTRIBUTIONS.labels(*key)))
+            tally = self._attributions[key] = self._track(_Count(self._defined.attributions.labels(*key)))
         tally.pending += 1
 
     def refused(self, code: str) -> None:
         tally = self._refusals.get(code)
         if tally is None:
-            tally = self._refusals[code] = self._track(_Count(REFUSALS.labels(code)))
+            tally = self._refusals[code] = self._track(_Count(self._defined.refusals.labels(code)))
         tally.pending += 1
 
     def session_failed(self, reason: str) -> None:
         tally = self._session_failures.get(reason)
         if tally is None:
-            tally = self._session_failures[reason] = self._track(_Count(SESSION_FAILURES.labels(reason)))
+            tally = self._session_failures[reason] = self._track(
+                _Count(self._defined.session_failures.labels(reason))
+            )
         tally.pending += 1
 
     def directory_lookup(self, result: str) -> None:
         self._lookups[result].pending += 1
 
     def directory_synced(self, at: float | None = None) -> None:
-        DIRECTORY_LAST_SYNC.set(time.time() if at is None else at)
+        self._defined.directory_last_sync.set(time.time() if at is None else at)
 
     def directory_sync_failed(self) -> None:
-        DIRECTORY_SYNC_FAILURES.inc()
+        self._defined.directory_sync_failures.inc()
 
     def recruiter_provisioned(self) -> None:
-        RECRUITERS_PROVISIONED.inc()
+        self._defined.recruiters_provisioned.inc()
 
     def stale_recruiter_replayed(self) -> None:
-        STALE_RECRUITER_REPLAYS.inc()
+        self._defined.stale_recruiter_replays.inc()
 
     def rules_loaded(self, at: float | None = None) -> None:
-        RULES_LOADED.set(time.time() if at is None else at)
+        self._defined.rules_loaded.set(time.time() if at is None else at)
 
     def rules_reloaded(self, ok: bool) -> None:
         self._reloads[ok].inc()
@@ -302,13 +344,13 @@ class PrometheusMetrics(Metrics):
         open_, idle = _count(pool, "open_connections"), _count(pool, "idle_connections")
         waiting, timeouts = _count(pool, "waiting"), _count(pool, "queue_timeouts")
         if open_ is not None:  # a count the pool does not keep stays absent rather than a false 0
-            UPSTREAM_CONNECTIONS.labels("open").set(open_)
+            self._defined.upstream_connections.labels("open").set(open_)
         if idle is not None:
-            UPSTREAM_CONNECTIONS.labels("idle").set(idle)
+            self._defined.upstream_connections.labels("idle").set(idle)
         if waiting is not None:
-            UPSTREAM_QUEUE_WAITING.set(waiting)
+            self._defined.upstream_queue_waiting.set(waiting)
         if timeouts is not None and timeouts > self._queue_timeouts_seen:
-            UPSTREAM_QUEUE_TIMEOUTS.inc(timeouts - self._queue_timeouts_seen)
+            self._defined.upstream_queue_timeouts.inc(timeouts - self._queue_timeouts_seen)
             self._queue_timeouts_seen = timeouts
 
     def flush(self) -> None:
@@ -317,16 +359,12 @@ class PrometheusMetrics(Metrics):
 
     def render(self) -> bytes:
         self.flush()
-        if _MULTIPROCESS_DIR is None:
-            return generate_latest(REGISTRY)
-        registry = CollectorRegistry()  # a fresh one per scrape, as prometheus-client's documentation advises
-        MultiProcessCollector(registry, path=_MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]  # untyped upstream
-        return generate_latest(registry)
+        return self._defined.render()
 
     def _new_request(self, route: str, method: str, status: int) -> _Durations:
         method = method if method in _METHODS else "OTHER"
-        histogram = REQUEST_DURATION.labels(route, method)
-        return self._track(_Durations(histogram, REQUESTS.labels(route, method, str(status))))
+        histogram = self._defined.request_duration.labels(route, method)
+        return self._track(_Durations(histogram, self._defined.requests.labels(route, method, str(status))))
 
     def _track(self, tally: _T) -> _T:
         self._tallies.append(tally)

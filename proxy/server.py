@@ -46,20 +46,18 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import uvicorn
 from uvicorn.server import ServerState
 
 from . import __version__
+from .app import ProxyApp, create_app
 from .errors import ConfigError
 from .logs import flush_all, logging_config
 from .protocol import SERVER_OPTIONS, ProxyHttpProtocol
 from .rules import RuleSet
 from .settings import Settings
-
-if TYPE_CHECKING:
-    from .app import ProxyApp
 
 log = logging.getLogger("proxy.server")
 
@@ -123,8 +121,8 @@ def bind(host: str, port: int, host_setting: str, port_setting: str) -> socket.s
 @contextlib.contextmanager
 def metrics_directory(settings: Settings) -> Iterator[Path | None]:
     """Where the workers' metric files go, for the whole run: PROXY_METRICS_DIR with its stale files cleared, or a
-    private temporary directory removed at exit. prometheus-client reads PROMETHEUS_MULTIPROC_DIR when it is first
-    imported, so this runs before any worker imports the app."""
+    private temporary directory removed at exit. Workers inherit PROMETHEUS_MULTIPROC_DIR, which prometheus-client
+    reads when it is first imported (proxy/metrics.py imports it when a worker makes its metrics)."""
     if not settings.metrics:
         yield None
         return
@@ -248,10 +246,6 @@ class Worker:
         if self._signalled is not None:
             self._stop.set()
         self._handle_signals()
-        # Imported here, not at the top: proxy.metrics must be first imported after metrics_directory() has set
-        # PROMETHEUS_MULTIPROC_DIR (in a worker process it is inherited).
-        from .app import create_app
-
         app: ProxyApp | None = None
         try:
             app = create_app(self.settings, self._rules)

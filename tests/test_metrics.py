@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,7 +195,7 @@ def dashboard_targets() -> list[tuple[str, str]]:
 
 def test_the_contract_is_what_metrics_py_defines() -> None:
     """The registry holds exactly the contract's metrics: nothing renamed, nothing missing."""
-    defined = {family.name for family in metrics.REGISTRY.collect()}
+    defined = {family.name for family in metrics.definitions().registry.collect()}
     assert defined == set(CONTRACT)
 
 
@@ -232,3 +234,19 @@ def test_the_dashboard_covers_what_the_issue_asks_for() -> None:
         "bpoc_proxy_upstream_connections",
     ):
         assert name in exprs, name
+
+
+def test_prometheus_client_is_imported_only_when_metrics_are_made() -> None:
+    """prometheus-client picks multiprocess mode when first imported: importing the server, the app or the pipeline
+    must not import it before `serve` has set PROMETHEUS_MULTIPROC_DIR; with metrics off it is never imported."""
+    code = (
+        "import sys\n"
+        "import proxy.server, proxy.app, proxy.pipeline, proxy.metrics\n"
+        "assert 'prometheus_client' not in sys.modules\n"
+        "proxy.metrics.create(False)\n"
+        "assert 'prometheus_client' not in sys.modules\n"
+        "proxy.metrics.create(True)\n"
+        "assert 'prometheus_client' in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
