@@ -22,6 +22,7 @@ UPLOAD_PATH = "/api/v1/files/upload"
 UPSTREAM, SINK, CEILING = "upstream", "sink", "ceiling"
 ENGINE_AIOHTTP, ENGINE_HTTPX = "engine_aiohttp", "engine_httpx"
 PROXY_1, PROXY_2, PROXY_UPLOAD = "proxy_x1", "proxy_x2", "proxy_upload"
+PROXY_1_NO_METRICS = "proxy_x1_no_metrics"  # PROXY_METRICS=false: what the metrics cost (issue 10)
 
 CEILING_CASE = "ceiling_post"
 DIRECT_POST, DIRECT_GET = "upstream_post", "upstream_get"
@@ -30,6 +31,7 @@ ATTRIBUTED_CACHE, ATTRIBUTED_SESSION, PASS_THROUGH = (
     "proxy_x1_post_session",
     "proxy_x1_get",
 )
+ATTRIBUTED_NO_METRICS = "proxy_x1_post_cache_no_metrics"
 DOWNLOAD_DIRECT, DOWNLOAD_PROXY = "download_direct", "download_proxy"
 UPLOAD_DIRECT, UPLOAD_PROXY = "upload_direct", "upload_proxy"
 
@@ -100,6 +102,12 @@ def throughput_cases(urls: Mapping[str, str], tokens: Tokens) -> list[Case]:
         post("engine_aiohttp", "engine: aiohttp (Starlette + aiohttp.ClientSession)", ENGINE_AIOHTTP),
         post(ATTRIBUTED_SESSION, "proxy x1: attributed POST, recruiter from session", PROXY_1, session),
         post(ATTRIBUTED_CACHE, "proxy x1: attributed POST, recruiter from cache", PROXY_1, cached),
+        post(
+            ATTRIBUTED_NO_METRICS,
+            "proxy x1, metrics off: attributed POST, from cache",
+            PROXY_1_NO_METRICS,
+            cached,
+        ),
         get(PASS_THROUGH, "proxy x1: pass-through GET", PROXY_1),
         post("proxy_x2_post_cache", "proxy x2: attributed POST, recruiter from cache", PROXY_2, cached),
         get("proxy_x2_get", "proxy x2: pass-through GET", PROXY_2),

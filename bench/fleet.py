@@ -4,6 +4,7 @@
 - sink: the Python upstream on the load core, where uploads go (it reads every byte before answering);
 - ceiling, engine_httpx, engine_aiohttp: the comparison apps, on the server core;
 - proxy_x1: ``python -m proxy serve`` with one worker on the server core, in front of the upstream;
+- proxy_x1_no_metrics: proxy_x1 with PROXY_METRICS=false, for the metrics' cost;
 - proxy_x2: the same with PROXY_WORKERS=2, on every core;
 - proxy_upload: one worker on the server core, in front of the sink.
 """
@@ -50,7 +51,9 @@ class Fleet:
         return self.servers[key].log
 
 
-def proxy_env(plan: FleetPlan, upstream: str, port: int, workers: int) -> dict[str, str]:
+def proxy_env(
+    plan: FleetPlan, upstream: str, port: int, workers: int, metrics: bool = True
+) -> dict[str, str]:
     return {
         "BPOC_BASE_URL": upstream,
         "BPOC_API_KEY": API_KEY,
@@ -59,6 +62,9 @@ def proxy_env(plan: FleetPlan, upstream: str, port: int, workers: int) -> dict[s
         "PROXY_HOST": HOST,
         "PROXY_PORT": str(port),
         "PROXY_WORKERS": str(workers),
+        "PROXY_ADMIN_HOST": HOST,
+        "PROXY_ADMIN_PORT": str(free_port()),  # served, as in production, and never on the default port
+        "PROXY_METRICS": "true" if metrics else "false",
         "RECRUITER_SYNC_INTERVAL": "0",
         "PROXY_LOG_LEVEL": "info",
     }
@@ -105,13 +111,14 @@ def _start(plan: FleetPlan, fleet: Fleet) -> None:
         add(key, spawn(key, argv, port=port, logs=logs, env=env, cores=server_core))
 
     proxies = (
-        (cases.PROXY_1, upstream, 1, server_core),
-        (cases.PROXY_2, upstream, 2, plan.cores.every),
-        (cases.PROXY_UPLOAD, fleet.url(cases.SINK), 1, server_core),
+        (cases.PROXY_1, upstream, 1, server_core, True),
+        (cases.PROXY_1_NO_METRICS, upstream, 1, server_core, False),
+        (cases.PROXY_2, upstream, 2, plan.cores.every, True),
+        (cases.PROXY_UPLOAD, fleet.url(cases.SINK), 1, server_core, True),
     )
-    for key, target, workers, cores in proxies:
+    for key, target, workers, cores, metrics in proxies:
         port = free_port()
-        env = proxy_env(plan, target, port, workers)
+        env = proxy_env(plan, target, port, workers, metrics)
         add(key, spawn(key, ["python", "-m", "proxy", "serve"], port=port, logs=logs, env=env, cores=cores))
 
 

@@ -32,6 +32,7 @@ def evaluate(results: Results) -> list[Target]:
     size = f"{results.settings['stream_bytes'] // (1024 * 1024)} MB"
     idle = max(results.idle_rss_mb.values(), default=None)
     matcher = worst_ratio(results.matcher) if results.matcher else None
+    metrics_cost = _difference(results, attributed, cases.ATTRIBUTED_NO_METRICS, "cpu_us_per_request")
     return [
         Target(
             "attributed POST throughput vs ceiling",
@@ -80,4 +81,20 @@ def evaluate(results: Results) -> list[Target]:
         ),
         Target("rule match: 10,000 rules vs 10 (worst lookup)", matcher, "<=", 2.0, "x"),
         Target("idle RSS of a worker", idle, "<", 60.0, "MB"),
+        Target(
+            "attributed POST throughput vs ceiling, metrics on (issue 10)",
+            results.ratio(attributed, ceiling),
+            ">=",
+            0.55,
+            "x ceiling req/s",
+        ),
+        Target("metrics' CPU cost per attributed POST (on - off)", metrics_cost, "<=", 10.0, "us"),
     ]
+
+
+def _difference(results: Results, key: str, other: str, name: str) -> float | None:
+    """``key``'s median ``name`` minus ``other``'s, or None if either is missing."""
+    if key not in results.cases or other not in results.cases:
+        return None
+    mine, theirs = results.cases[key].median(name), results.cases[other].median(name)
+    return mine - theirs if mine is not None and theirs is not None else None

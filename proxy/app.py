@@ -1,9 +1,10 @@
 """The ASGI application: the proxy's own endpoints, the lifespan that owns clients and background tasks, and the
 pipeline for everything else.
 
-The proxy's own endpoints (``/healthz``, ``/readyz``, ``/metrics``) are served by a small Starlette router and are
-never forwarded; every other path goes to the pipeline untouched by Starlette's middleware, which is where the
-hot path's time budget goes (README, "Performance").
+Two listeners, two entry points. The main listener (``ProxyApp`` itself) answers ``/healthz`` and ``/readyz`` and
+sends every other path to the pipeline, untouched by any framework, which is where the hot path's time budget goes
+(README, "Performance"). The admin listener (``ProxyApp.admin``) answers ``/healthz``, ``/readyz`` and
+``/metrics``, forwards nothing, and refuses any other path with a JSON 404. Neither needs a session.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, Router
+import orjson
 
-from . import __version__, logs
+from . import logs
 from .auth import build_authenticator
-from .errors import ConfigError, MethodNotAllowed
+from .errors import MethodNotAllowed, NotFound
+from .metrics import CONTENT_TYPE, OWN, Metrics
+from .metrics import create as create_metrics
 from .pipeline import Pipeline, Receive, Scope, Send
 from .ratelimit import build_rate_limit
 from .recruiters import RecruiterDirectory
@@ -37,15 +38,26 @@ from .upstream import ApiKey, Upstream
 log = logging.getLogger("proxy.app")
 
 OWN_PATHS = frozenset({"/healthz", "/readyz"})
+ADMIN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 WARM_UP_SECONDS = 3.0
+METRICS_TICK_SECONDS = 1.0
+_JSON = b"application/json"
+
+OwnAnswer = tuple[int, bytes, bytes]  # status, content type, body
 
 
 class ProxyApp:
     def __init__(
-        self, settings: Settings, rules: RuleSet, *, clock: Callable[[], float] = time.monotonic
+        self,
+        settings: Settings,
+        rules: RuleSet,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
-        self.rules = RulesHolder(settings.rules_path, rules)
+        self.metrics = metrics or create_metrics(settings.metrics)
+        self.rules = RulesHolder(settings.rules_path, rules, self.metrics)
         self.api_key = ApiKey(settings)
         self.http = httpx.AsyncClient(
             timeout=settings.portal_timeout, follow_redirects=False, trust_env=False
@@ -56,28 +68,76 @@ class ProxyApp:
         self.directory = RecruiterDirectory(settings, self.http, self.api_key.get, timer=clock)
         self.rate_limit = build_rate_limit(settings)
         self.pipeline = Pipeline(
-            settings, self.rules.get, self.authenticator, self.directory, self.upstream, self.rate_limit
+            settings,
+            self.rules.get,
+            self.authenticator,
+            self.directory,
+            self.upstream,
+            self.rate_limit,
+            self.metrics,
         )
         self.ready = False
+        self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._router = Router(routes=[Route("/healthz", self._healthz), Route("/readyz", self._readyz)])
+        self._own: dict[str, Callable[[], OwnAnswer]] = {
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+            "/metrics": self._metrics,
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The main listener: /healthz and /readyz; every other path belongs to BPOC."""
         kind = scope["type"]
         if kind == "http":
-            if scope["path"] in OWN_PATHS and scope["method"] not in ("GET", "HEAD"):
-                error = MethodNotAllowed(
-                    f"{scope['path']} answers GET and HEAD only.", headers={"Allow": "GET, HEAD"}
-                )
-                await self.pipeline.refuse(scope, send, error)
-            elif scope["path"] in OWN_PATHS:
-                await self._router(scope, receive, send)
+            if scope["path"] in OWN_PATHS:
+                await self._own_endpoint(scope, send)
             else:
                 await self.pipeline(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         elif kind == "websocket":
             await self.pipeline.refuse_websocket(scope, receive, send)
+
+    async def admin(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The admin listener: /healthz, /readyz and /metrics; nothing is forwarded. Its lifespan is the main
+        listener's (``bpoc-proxy serve`` starts the app once for both)."""
+        if scope["type"] == "http":
+            if scope["path"] in ADMIN_PATHS:
+                await self._own_endpoint(scope, send)
+            else:
+                error = NotFound(
+                    f"The admin listener serves /healthz, /readyz and /metrics only, not {scope['path']}."
+                )
+                await self.pipeline.refuse(scope, send, error, route=OWN)
+        elif scope["type"] == "websocket":
+            await self.pipeline.refuse_websocket(scope, receive, send)
+
+    def begin_drain(self) -> None:
+        """Shutdown has begun: /readyz answers 503 on both listeners from now on (README "Start and stop")."""
+        self.ready = False
+        self.draining = True
+
+    async def _own_endpoint(self, scope: Scope, send: Send) -> None:
+        method, path = scope["method"], scope["path"]
+        if method not in ("GET", "HEAD"):
+            error = MethodNotAllowed(f"{path} answers GET and HEAD only.", headers={"Allow": "GET, HEAD"})
+            await self.pipeline.refuse(scope, send, error, route=OWN)
+            return
+        started = time.perf_counter()
+        if path == "/metrics" and not self.metrics.enabled:
+            await self.pipeline.refuse(
+                scope, send, NotFound("Metrics are off (PROXY_METRICS=false)."), route=OWN
+            )
+            return
+        status, content_type, body = self._own[path]()
+        headers = [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        self.metrics.request_done(OWN, method, status, time.perf_counter() - started)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -101,6 +161,8 @@ class ProxyApp:
         await self._warm_directory()
         self._spawn(self.directory.run_sync())
         self._spawn(self._flush_logs())
+        if self.metrics.enabled:
+            self._spawn(self._metrics_tick())
         if self.settings.rules_reload:
             self._spawn(self.rules.watch(self.settings.rules_reload_interval))
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -113,11 +175,7 @@ class ProxyApp:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 10, 10)
-        self.ready = True
-        log.info(
-            "bpoc-proxy ready",
-            extra={"fields": {"version": __version__, "upstream": self.settings.bpoc_base_url}},
-        )
+        self.ready = not self.draining
 
     async def shutdown(self) -> None:
         self.ready = False
@@ -129,6 +187,7 @@ class ProxyApp:
         await self.upstream.close()
         await self.rate_limit.close()
         await self.http.aclose()
+        self.metrics.flush()
         logs.flush_all()
 
     def _on_sighup(self) -> None:
@@ -158,32 +217,41 @@ class ProxyApp:
             await asyncio.sleep(logs.FLUSH_INTERVAL)
             logs.flush_all()
 
-    async def _healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+    async def _metrics_tick(self) -> None:
+        """Once a second, this worker's tallies and its upstream pool's gauges go to its metrics files, so that a
+        scrape answered by any worker reads every worker's (proxy/metrics.py)."""
+        while True:
+            await asyncio.sleep(METRICS_TICK_SECONDS)
+            self.metrics.flush()
+            self.metrics.sample_pool(self.upstream)
 
-    async def _readyz(self, request: Request) -> Response:
+    def _healthz(self) -> OwnAnswer:
+        return 200, _JSON, b'{"status":"ok"}'
+
+    def _readyz(self) -> OwnAnswer:
         rules = self.rules.current
+        state = "ready" if self.ready else "draining" if self.draining else "starting"
         body = {
-            "status": "ready" if self.ready else "starting",
+            "status": state,
             "rules": len(rules.rules),
             "routes": len(rules.routes),
             "authMode": self.settings.auth_mode,
         }
-        return JSONResponse(body, status_code=200 if self.ready else 503)
+        return (200 if self.ready else 503), _JSON, orjson.dumps(body)
+
+    def _metrics(self) -> OwnAnswer:
+        self.metrics.sample_pool(self.upstream)
+        return 200, CONTENT_TYPE.encode(), self.metrics.render() or b""
 
 
 def create_app(
-    settings: Settings, rules: RuleSet | None = None, *, clock: Callable[[], float] = time.monotonic
+    settings: Settings,
+    rules: RuleSet | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    metrics: Metrics | None = None,
 ) -> ProxyApp:
     """Build the app; a bad rules file raises ConfigError here, before a socket is opened. ``clock`` is the
     monotonic clock of the caches and back-offs (tests pass one they can move)."""
     rules = rules if rules is not None else load_rules(settings.rules_path)
-    return ProxyApp(settings, rules, clock=clock)
-
-
-def from_environ() -> ProxyApp:
-    """The uvicorn factory used by ``bpoc-proxy serve`` (each worker process builds its own app)."""
-    try:
-        return create_app(Settings.from_environ())
-    except ConfigError as exc:
-        raise SystemExit(f"bpoc-proxy: {exc}") from None
+    return ProxyApp(settings, rules, clock=clock, metrics=metrics)

@@ -2,7 +2,7 @@
 
 ::
 
-    admit(rules, method, path)                  the entry the request matches; unlisted under deny: 403
+    rules.match, check_unlisted                 the entry the request matches; unlisted under deny: 403
     require_role(roles, principal, directory)   a role the entry requires (403)
     prepare(request, principal, directory):     on a rule route:
         size, then check_query                    a body over PROXY_MAX_BODY_BYTES (413); a query parameter
@@ -92,12 +92,10 @@ class Attribution:
         return self.plan.writes
 
 
-def admit(rules: RuleSet, method: str, path: str) -> Match | None:
-    """The entry a request matches (None: an unlisted route, forwarded); Forbidden under ``unlisted: deny``."""
-    match = rules.match(method, path)
+def check_unlisted(rules: RuleSet, match: Match | None, method: str, path: str) -> None:
+    """Forbidden for a request no entry matches (``rules.match`` gave None) under ``unlisted: deny``."""
     if match is None and rules.unlisted == "deny":
         raise Forbidden(f"{method} {path} is not a route this proxy allows (unlisted: deny).")
-    return match
 
 
 async def require_role(

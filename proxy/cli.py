@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the proxy in front of a built-in BPOC sandbox")
     demo.add_argument("--port", type=int, default=8080, help="port for the proxy (default 8080)")
     demo.add_argument(
+        "--admin-port", type=int, default=0, help="port for the admin listener (default: a free one, printed)"
+    )
+    demo.add_argument(
         "--self-test", action="store_true", help="run the printed commands' requests, then exit"
     )
     demo.set_defaults(run=_demo)
@@ -101,7 +104,9 @@ def _add_explain(commands: argparse._SubParsersAction[_Parser]) -> None:
     explain.add_argument(
         "--content-type", help="the body's Content-Type (default: application/json when there is a body)"
     )
-    explain.add_argument("--rules", type=Path, help="rules file (default: PROXY_RULES)")
+    explain.add_argument(
+        "--rules", help="rules file (default: PROXY_RULES, else ./rules.yaml, else the packaged rules)"
+    )
     explain.add_argument(
         "--directory", action="store_true", help="read BPOC's recruiter directory with the configured key"
     )
@@ -110,27 +115,13 @@ def _add_explain(commands: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .logs import logging_config
-    from .protocol import SERVER_OPTIONS
     from .rules_file import load_rules
+    from .server import serve
     from .settings import Settings
 
     settings = Settings.from_environ()
-    load_rules(settings.rules_path)  # fail here, in one line, rather than in every worker
-    uvicorn.run(
-        "proxy.app:from_environ",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_config=logging_config(settings.log_level),
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=max(1, int(settings.upstream_timeout)),
-        **SERVER_OPTIONS,
-    )
-    return 0
+    rules = load_rules(settings.rules_path)  # fail here, in one line, rather than in every worker
+    return serve(settings, rules)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -148,6 +139,10 @@ def _check(args: argparse.Namespace) -> int:
     )
     print(f"  rate limit: {summary(settings)}")
     print(f"rules: OK  ({settings.rules_path}: {len(rules.rules)} rules, {len(rules.routes)} routes)")
+    if settings.admin_port:
+        print(
+            f"  admin listener: {settings.admin_host}:{settings.admin_port}, metrics {'on' if settings.metrics else 'off'}"
+        )
     for line in rules.describe():
         print(f"  {line}")
     overlaps = rules.overlaps()
@@ -164,10 +159,11 @@ def _explain(args: argparse.Namespace) -> int:
     from .auth import Principal
     from .explain import ExplainRequest
     from .rules_file import load_rules
-    from .settings import Settings
+    from .settings import Settings, rules_location
 
     settings = Settings.from_environ(offline=not args.directory)
-    rules = load_rules(args.rules or settings.rules_path)
+    rules_path = rules_location(args.rules, setting="--rules") if args.rules else settings.rules_path
+    rules = load_rules(rules_path)
     body = _read_body_argument(args.body)
     principal = Principal(args.user_id, args.email, args.recruiter_id, args.role)
     content_type = (
@@ -245,7 +241,7 @@ def _recruiters(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .sandbox.demo import run_demo
 
-    return run_demo(port=args.port, self_test=args.self_test)
+    return run_demo(port=args.port, admin_port=args.admin_port, self_test=args.self_test)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,8 @@ Every refusal the proxy makes is one of these, turned into a JSON response by ``
     ProxyError                   base; carries the HTTP status and one readable sentence
     ├── ClientError              the request itself is wrong
     │   ├── BadRequest           400  body is not a JSON object, path cannot be normalised, ...
-    │   ├── MethodNotAllowed     405  anything but GET/HEAD on the proxy's own /healthz and /readyz
+    │   ├── NotFound             404  a path the admin listener does not serve, or /metrics with metrics off
+    │   ├── MethodNotAllowed     405  anything but GET/HEAD on the proxy's own endpoints
     │   ├── PayloadTooLarge      413  body over PROXY_MAX_BODY_BYTES on a buffered route
     │   ├── HeadersTooLarge      431  request line and headers over 64 KiB
     │   ├── UnsupportedMediaType 415  not JSON, or an encoding we cannot decode, on a rule route
@@ -53,6 +54,11 @@ class ClientError(ProxyError):
 class BadRequest(ClientError):
     status_code = 400
     code = "bad_request"
+
+
+class NotFound(ClientError):
+    status_code = 404
+    code = "not_found"
 
 
 class MethodNotAllowed(ClientError):

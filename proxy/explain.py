@@ -1,6 +1,6 @@
 """``bpoc-proxy explain``: what the proxy would do with one request, worked out by the functions that serve it.
 
-The request goes through the same steps as in the pipeline (``normalise_path``, ``attribution.admit``,
+The request goes through the same steps as in the pipeline (``normalise_path``, ``attribution.check_unlisted``,
 ``require_role`` and ``prepare``), with the session facts given on the command line. Nothing is sent anywhere by
 default: BPOC's directory is replaced by :class:`OfflineDirectory`, which asks no one and lists what depends on
 the directory ("interviewerId: must be an active recruiter of the agency; not checked offline") instead of
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from .attribution import UNKNOWN, AttributedRequest, Directory, Unknown, admit, prepare, require_role
+from .attribution import UNKNOWN, AttributedRequest, Directory, Unknown, check_unlisted, prepare, require_role
 from .auth import Principal
 from .errors import ProxyError
 from .modes import Unchecked
@@ -107,7 +107,8 @@ async def explain(
     verdict = Verdict(method, raw_path, "forwarded", "none (the path was refused before matching)")
     try:
         path = normalise_path(raw_path.encode("utf-8"))
-        match = admit(rules, method, path)
+        match = rules.match(method, path)
+        check_unlisted(rules, match, method, path)
         verdict = Verdict(
             method, path, "forwarded", _entry(rules, method, path, match), rule=_template(match)
         )

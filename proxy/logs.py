@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -25,6 +26,16 @@ audit = logging.getLogger("proxy.audit")
 
 FLUSH_INTERVAL = 0.25
 _PER_REQUEST = frozenset({"proxy.access", "proxy.audit"})
+# The worker's pid, in every per-request line (several workers write to one stream): read once per process.
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 # The logging HOWTO's "Optimization" switches: we never print the caller, thread or process of a record.
 logging._srcfile = None
@@ -98,9 +109,10 @@ class BufferedStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 def request_line(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None:
     """Log the per-request line at INFO: straight into the buffered stderr handler when that is the only place it
-    goes (``bpoc-proxy serve``), through a LogRecord otherwise."""
+    goes (``bpoc-proxy serve``), through a LogRecord otherwise. The worker's ``pid`` is added to ``fields``."""
     if not logger.isEnabledFor(logging.INFO):
         return
+    fields["pid"] = _pid
     handler = _only_handler(logger)
     if not isinstance(handler, BufferedStderrHandler) or handler.formatter.__class__ is not JsonFormatter:
         logger.info("%s", msg, extra={"fields": fields})

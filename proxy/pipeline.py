@@ -21,8 +21,8 @@ from . import logs
 from .attribution import (
     AttributedRequest,
     Attribution,
-    admit,
     audit_record,
+    check_unlisted,
     is_stale_refusal,
     prepare,
     replay,
@@ -32,10 +32,11 @@ from .auth import Authenticator, Principal, extract_token
 from .cors import Cors
 from .errors import AuthenticationError, BadRequest, PayloadTooLarge, ProxyError, refusal
 from .framing import transfer_coding_error
+from .metrics import UNLISTED, Metrics
 from .paths import METHOD_OVERRIDE_HEADERS, check_method_override, normalise_path
 from .ratelimit import NoRateLimit, RateLimit
 from .recruiters import RecruiterDirectory
-from .rules import Rule, RuleSet
+from .rules import Match, Rule, RuleSet
 from .settings import Settings
 from .upstream import (
     Client,
@@ -72,6 +73,8 @@ class Exchange:
     path: str
     started: float = field(default_factory=time.perf_counter)
     status: int = 0
+    #: The metrics' route label: the matched rule's or route's template, ``unlisted``, or ``own``.
+    route: str = UNLISTED
     user_id: str | None = None
     response_started: bool = False
     #: What the proxy wrote on an attributed route: the audit record, logged with the request's line.
@@ -100,8 +103,10 @@ class Pipeline:
         directory: RecruiterDirectory,
         upstream: Upstream,
         rate_limit: RateLimit | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics or Metrics()
         self._rules = rules
         self._auth = authenticator
         self._directory = directory
@@ -120,23 +125,26 @@ class Pipeline:
         try:
             await self._handle(scope, head, receive, send, exchange)
         except ProxyError as exc:
-            await _send_error(send, exchange, exc)
+            await _send_error(send, exchange, exc, self._metrics)
         except ClientGone:
             exchange.status = exchange.status or 499
         except Exception:
             log.exception("unexpected error", extra={"fields": {"requestId": exchange.request_id}})
-            await _send_error(
-                send, exchange, ProxyError("The proxy failed unexpectedly; the error was logged.")
-            )
+            error = ProxyError("The proxy failed unexpectedly; the error was logged.")
+            await _send_error(send, exchange, error, self._metrics)
         finally:
+            elapsed = time.perf_counter() - exchange.started
+            self._metrics.request_done(exchange.route, exchange.method, exchange.status, elapsed)
             if exchange.audit is not None or self._settings.access_log:
                 _log_exchange(exchange)
 
-    async def refuse(self, scope: Scope, send: Send, error: ProxyError) -> None:
+    async def refuse(self, scope: Scope, send: Send, error: ProxyError, route: str = UNLISTED) -> None:
         """Answer with ``error`` at once, as every refusal is answered: JSON, request id, one log line."""
         head = _read_head(scope["headers"], self._session_header)
-        exchange = Exchange(head.request_id, scope.get("method", "GET"), scope["path"])
-        await _send_error(send, exchange, error)
+        exchange = Exchange(head.request_id, scope.get("method", "GET"), scope["path"], route=route)
+        await _send_error(send, exchange, error, self._metrics)
+        elapsed = time.perf_counter() - exchange.started
+        self._metrics.request_done(route, exchange.method, exchange.status, elapsed)
         if self._settings.access_log:
             _log_exchange(exchange)
 
@@ -173,9 +181,11 @@ class Pipeline:
         if head.override is not None:
             check_method_override([head.override])
         rules = self._rules()
+        match = rules.match(method, path)
+        exchange.route = _route_label(match)
         principal = None if rules.is_public(method, path) else await self._authenticate(head, exchange)
         exchange.user_id = principal.user_id if principal else None
-        match = admit(rules, method, path)
+        check_unlisted(rules, match, method, path)
 
         query: bytes = scope.get("query_string", b"")
         target = f"{path}?{query.decode('latin-1')}" if query else path
@@ -371,6 +381,11 @@ def request_id(headers: list[tuple[bytes, bytes]]) -> str:
     return _new_id()
 
 
+def _route_label(match: Match | None) -> str:
+    entry = match.rule or match.route if match is not None else None
+    return f"{entry.method} {entry.template}" if entry is not None else UNLISTED
+
+
 def _websocket_refusal() -> BadRequest:
     return BadRequest(
         "WebSocket connections are not proxied; BPOC's API is plain HTTP.", headers={"Connection": "close"}
@@ -445,7 +460,7 @@ async def _send_whole(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _send_error(send: Send, exchange: Exchange, exc: ProxyError) -> None:
+async def _send_error(send: Send, exchange: Exchange, exc: ProxyError, metrics: Metrics) -> None:
     if exchange.response_started:
         # Too late for a clean answer: the status line went out. Dropping the connection tells the client.
         log.warning(
@@ -457,6 +472,7 @@ async def _send_error(send: Send, exchange: Exchange, exc: ProxyError) -> None:
     headers, body = refusal(exc, exchange.request_id)
     exchange.extra_headers = [h for h in exchange.extra_headers if h[0] != b"x-attribution-id"]
     await _send_whole(send, exchange, exc.status_code, headers, body)
+    metrics.refused(exc.code)
 
 
 def _log_exchange(exchange: Exchange) -> None:

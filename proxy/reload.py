@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from .errors import ConfigError
+from .metrics import Metrics
 from .rules import RuleSet
 from .rules_file import load_rules
 
@@ -19,10 +20,12 @@ log = logging.getLogger("proxy.rules")
 
 
 class RulesHolder:
-    def __init__(self, path: Path, rules: RuleSet) -> None:
+    def __init__(self, path: Path, rules: RuleSet, metrics: Metrics | None = None) -> None:
         self.path = path
         self.current = rules
         self._digest = _digest(path)
+        self._metrics = metrics or Metrics()
+        self._metrics.rules_loaded()
 
     def get(self) -> RuleSet:
         return self.current
@@ -39,8 +42,10 @@ class RulesHolder:
                 extra={"fields": {"reason": reason}},
             )
             self._digest = digest  # do not log the same bad file every poll
+            self._metrics.rules_reloaded(False)
             return False
         self.current, self._digest = rules, digest
+        self._metrics.rules_reloaded(True)
         log.info(
             "rules reloaded",
             extra={"fields": {"reason": reason, "rules": len(rules.rules), "routes": len(rules.routes)}},

@@ -7,6 +7,7 @@ reading a traceback.
 
 from __future__ import annotations
 
+import importlib.resources
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -50,6 +51,12 @@ class Settings:
     access_log: bool = True
     upstream_max_connections: int = 100
     upstream_queue_timeout: float = 5.0
+    admin_host: str = "0.0.0.0"
+    admin_port: int = 8081  # 0: no admin listener
+    metrics: bool = True
+    metrics_dir: Path | None = None  # None: a private temporary directory
+    shutdown_delay: float = 0.0
+    shutdown_grace: float = 25.0
 
     # The portal session
     session_header: str = "Authorization"
@@ -90,17 +97,22 @@ class Settings:
         api_key, api_key_file = _api_key(env, required=not offline)
         verifier, verifier_value = _verifier(env, required=not offline)
         base_url = _origin(env.text("BPOC_BASE_URL", "https://bpoc.io"))
+        host = env.text("PROXY_HOST", "0.0.0.0")
+        port = env.integer("PROXY_PORT", 8080, minimum=1, maximum=65535)
+        admin_host = env.text("PROXY_ADMIN_HOST", "0.0.0.0")
+        admin_port = env.integer("PROXY_ADMIN_PORT", 8081, minimum=0, maximum=65535)
+        _check_listeners(host, port, admin_host, admin_port)
         return cls(
             bpoc_base_url=base_url,
             api_key=api_key,
             api_key_file=api_key_file,
             upstream_proxy=_proxy_for(base_url, env),
             ssl_cert_file=_ssl_cert_file(env),
-            rules_path=Path(env.text("PROXY_RULES", "rules.yaml")),
+            rules_path=rules_location(env.optional("PROXY_RULES")),
             rules_reload=env.flag("PROXY_RULES_RELOAD", False),
             rules_reload_interval=env.number("PROXY_RULES_RELOAD_INTERVAL", 2.0, minimum=0.1),
-            host=env.text("PROXY_HOST", "0.0.0.0"),
-            port=env.integer("PROXY_PORT", 8080, minimum=1, maximum=65535),
+            host=host,
+            port=port,
             workers=env.integer("PROXY_WORKERS", 1, minimum=1, maximum=256),
             upstream_timeout=env.number("PROXY_UPSTREAM_TIMEOUT", 30.0, minimum=0.001),
             max_body_bytes=env.integer("PROXY_MAX_BODY_BYTES", 1024 * 1024, minimum=1),
@@ -114,6 +126,12 @@ class Settings:
                 "PROXY_UPSTREAM_MAX_CONNECTIONS", 100, minimum=1, maximum=100_000
             ),
             upstream_queue_timeout=env.number("PROXY_UPSTREAM_QUEUE_TIMEOUT", 5.0, minimum=0),
+            admin_host=admin_host,
+            admin_port=admin_port,
+            metrics=env.flag("PROXY_METRICS", True),
+            metrics_dir=env.absolute_path("PROXY_METRICS_DIR"),
+            shutdown_delay=env.number("PROXY_SHUTDOWN_DELAY", 0.0, minimum=0),
+            shutdown_grace=env.number("PROXY_SHUTDOWN_GRACE", 25.0, minimum=0),
             session_header=env.text("PORTAL_SESSION_HEADER", "Authorization"),
             session_cookie=env.optional("PORTAL_SESSION_COOKIE"),
             auth_mode=verifier.mode,
@@ -195,6 +213,10 @@ class _Env:
             raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         return value
 
+    def absolute_path(self, name: str) -> Path | None:
+        value = self.optional(name)
+        return Path(os.path.abspath(value)) if value is not None else None
+
     def url(self, name: str) -> str | None:
         value = self.optional(name)
         if value is not None:
@@ -211,6 +233,44 @@ class _Env:
         if path is None:
             return direct
         return read_secret_file(Path(path), f"{name}_FILE")
+
+
+def rules_location(value: str | None, *, setting: str = "PROXY_RULES") -> Path:
+    """The rules file to load, as an absolute path: ``value`` (the PROXY_RULES setting) when given, else
+    ``./rules.yaml`` when the working directory has one, else the rules shipped inside the package.
+
+    The path is made absolute without resolving symlinks: Kubernetes updates a mounted ConfigMap by re-pointing a
+    symlink, and a reload must follow the link, not the directory it pointed to at start-up. A given file that
+    cannot be read is a ConfigError naming ``setting`` and the absolute path.
+    """
+    if value is None:
+        local = Path(os.path.abspath("rules.yaml"))
+        return local if local.is_file() else packaged_rules()
+    path = Path(os.path.abspath(value))
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{setting} names {str(path)!r}, which cannot be read: {exc.strerror}") from None
+    return path
+
+
+def packaged_rules() -> Path:
+    """The copy of the repository's rules.yaml installed with the package (``proxy/data/rules.yaml``)."""
+    resource = importlib.resources.files("proxy") / "data" / "rules.yaml"
+    if not isinstance(resource, Path):  # installed inside a zip archive: there is no file to name or poll
+        raise ConfigError("the rules shipped with the package are inside an archive; set PROXY_RULES")
+    return resource
+
+
+def _check_listeners(host: str, port: int, admin_host: str, admin_port: int) -> None:
+    """The admin listener cannot share the main listener's port on an address that overlaps the main one's."""
+    wildcards = {"0.0.0.0", "::"}
+    if admin_port == port and (admin_host == host or host in wildcards or admin_host in wildcards):
+        raise ConfigError(
+            f"PROXY_ADMIN_PORT is {admin_port}, the port PROXY_PORT already listens on ({host}); "
+            "give the admin listener a port of its own, or 0 to turn it off"
+        )
 
 
 def read_secret_file(path: Path, setting: str) -> str:

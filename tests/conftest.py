@@ -15,7 +15,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,34 +133,57 @@ class ProxyProcess:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    admin_url: str | None = None
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 
 
-def spawn_proxy(env: Mapping[str, str], tmp_path: Path) -> ProxyProcess:
-    """Run ``python -m proxy serve`` as a real process and wait until it answers /healthz."""
+def free_port() -> int:
     sock = bind_socket()
-    port = sock.getsockname()[1]
+    port: int = sock.getsockname()[1]
     sock.close()
+    return port
+
+
+def proxy_environ(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a ``bpoc-proxy serve`` process: this one's without any setting, then ``env``; both
+    listeners on free 127.0.0.1 ports unless ``env`` says otherwise."""
     full_env = {
         k: v for k, v in os.environ.items() if not k.startswith(("BPOC_", "PROXY_", "PORTAL_", "RECRUITER_"))
     }
+    full_env.update({"PROXY_HOST": "127.0.0.1", "PROXY_PORT": str(free_port())})
+    full_env.update({"PROXY_ADMIN_HOST": "127.0.0.1", "PROXY_ADMIN_PORT": str(free_port())})
     full_env.update(env)
-    full_env.update({"PROXY_HOST": "127.0.0.1", "PROXY_PORT": str(port)})
+    return full_env
+
+
+def spawn_proxy(
+    env: Mapping[str, str], tmp_path: Path, *, argv: Sequence[str] = (), cwd: Path | None = None
+) -> ProxyProcess:
+    """Run ``python -m proxy serve`` (after ``argv``, such as an ``unshare`` command) as a real process and wait
+    until it answers /healthz."""
+    full_env = proxy_environ(env)
+    port = full_env["PROXY_PORT"]
     log_path = tmp_path / f"proxy-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve"], env=full_env, stdout=log, stderr=subprocess.STDOUT
+            [*argv, sys.executable, "-m", "proxy", "serve"],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
+    admin = full_env["PROXY_ADMIN_PORT"]
+    admin_url = f"http://127.0.0.1:{admin}" if admin != "0" else None
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the proxy exited: {log_path.read_text()}")
         try:
             if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return ProxyProcess(url, process, log_path)
+                return ProxyProcess(url, process, log_path, admin_url)
         except httpx.TransportError:
             time.sleep(0.1)
     process.kill()

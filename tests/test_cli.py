@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import httpx
 import pytest
 
 from proxy.sandbox.seed import BOB_ID, BpocState
 
-from .conftest import API_KEY, ROOT, base_env
+from .conftest import API_KEY, ROOT, base_env, free_port
+from .running import wait_for
 
 
 def run(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
     full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "proxy", *args],
         env=full,
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -199,17 +204,56 @@ def test_recruiters_fails_when_bpoc_is_unreachable() -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_demo_self_test_creates_an_attributed_job() -> None:
-    """`demo --self-test` runs the printed curl flow: the job is attributed to the demo recruiter."""
-    from proxy.sandbox.server import bind_socket
-
-    sock = bind_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    result = run("demo", "--self-test", "--port", str(port))
+def test_demo_self_test_creates_an_attributed_job(tmp_path: Path) -> None:
+    """`demo --self-test` runs the printed curl flow from any directory: the job is attributed to the demo recruiter,
+    the request is shown as it is served, and counted on the admin listener's /metrics."""
+    result = run("demo", "--self-test", "--port", str(free_port()), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert BOB_ID in result.stdout
+    assert f"  POST /api/v1/jobs/create 201  wrote postedBy={BOB_ID} (recruiter {BOB_ID})" in result.stdout
+    assert re.search(r"metrics: http://127\.0\.0\.1:\d+/metrics -> 200", result.stdout)
     assert "attributed to Bob" in result.stderr
+
+
+def test_demo_shows_each_request_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    """The interactive demo: a banner with the curl command and the metrics URL, then one line per request as it
+    is answered (the fields written and the recruiter on attributed routes); Ctrl-C drains and exits 0."""
+    port, admin_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "demo", "--port", str(port), "--admin-port", str(admin_port)],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("Press Ctrl-C" in line for line in lines), "the demo's banner")
+        banner = "".join(lines)
+        assert f"http://127.0.0.1:{admin_port}/metrics" in banner
+        token = re.search(r"Authorization: Bearer ([\w.-]+)", banner)
+        assert token is not None
+        headers = {"Authorization": f"Bearer {token.group(1)}"}
+        created = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/jobs/create", headers=headers, json={"title": "x"}
+        )
+        assert created.status_code == 201
+        shown = f"  POST /api/v1/jobs/create 201  wrote postedBy={BOB_ID} (recruiter {BOB_ID})\n"
+        wait_for(lambda: shown in lines, "the request's line")
+        assert httpx.get(f"http://127.0.0.1:{admin_port}/metrics").status_code == 200
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        reader.join(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
+    assert "Traceback" not in "".join(lines)
 
 
 def test_module_and_console_script_agree() -> None:
