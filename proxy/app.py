@@ -24,9 +24,10 @@ import orjson
 from . import logs
 from .auth import build_authenticator
 from .errors import MethodNotAllowed, NotFound
+from .exchange import Receive, Scope, Send
 from .metrics import CONTENT_TYPE, OWN, Metrics
 from .metrics import create as create_metrics
-from .pipeline import Pipeline, Receive, Scope, Send
+from .pipeline import Pipeline
 from .ratelimit import build_rate_limit
 from .recruiters import RecruiterDirectory
 from .reload import RulesHolder
@@ -65,7 +66,9 @@ class ProxyApp:
         self.upstream = Upstream(settings, self.api_key)
         # The clock of every cache and back-off (sessions, keys, directory): tests move it instead of sleeping.
         self.authenticator = build_authenticator(settings, self.http, timer=clock)
-        self.directory = RecruiterDirectory(settings, self.http, self.api_key.get, timer=clock)
+        self.directory = RecruiterDirectory(
+            settings, self.http, self.api_key.get, timer=clock, metrics=self.metrics
+        )
         self.rate_limit = build_rate_limit(settings)
         self.pipeline = Pipeline(
             settings,

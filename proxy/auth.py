@@ -218,16 +218,18 @@ class JwtAuthenticator(Authenticator):
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise AuthenticationError("The session token is malformed") from None
+            raise AuthenticationError("The session token is malformed", reason="malformed") from None
         alg = header.get("alg")
         if isinstance(alg, str) and alg in self._algorithms:
             return alg, header
         if not isinstance(alg, str) or alg.lower() == "none":
-            raise AuthenticationError("The session token is unsigned (alg none), which is refused")
+            raise AuthenticationError(
+                "The session token is unsigned (alg none), which is refused", reason="unsigned"
+            )
         named = alg if _PRINTABLE_ALG.fullmatch(alg) else "an unknown algorithm"
         accepted = ", ".join(self._algorithms)
         raise AuthenticationError(
-            f"The session token is signed with {named}, but only {accepted} are accepted"
+            f"The session token is signed with {named}, but only {accepted} are accepted", reason="algorithm"
         )
 
     def _decode(self, token: str, key: str | jwt.PyJWK, alg: str) -> dict[str, Any]:
@@ -242,7 +244,7 @@ class JwtAuthenticator(Authenticator):
                 leeway=self._settings.jwt_leeway,
             )
         except jwt.PyJWTError as exc:
-            raise AuthenticationError(_jwt_refusal(exc)) from None
+            raise _jwt_refusal(exc) from None
 
     def _remember(self, token: str, principal: Principal, claims: Mapping[str, Any]) -> None:
         wall = time.time()
@@ -257,32 +259,36 @@ class JwtAuthenticator(Authenticator):
         self._verified[token] = (self._timer() + lifetime, principal)
 
 
-def _jwt_refusal(exc: jwt.PyJWTError) -> str:
-    """One sentence for a refused JWT; the order matters, as PyJWT's errors subclass each other."""
-    if isinstance(exc, jwt.ExpiredSignatureError):
-        return "The session token has expired"
-    if isinstance(exc, jwt.ImmatureSignatureError):
-        return "The session token is not valid yet"
-    if isinstance(exc, jwt.InvalidSignatureError):
-        return "The session token's signature is invalid"
-    if isinstance(exc, jwt.MissingRequiredClaimError):
-        return f"The session token lacks the required {exc.claim!r} claim"
-    if isinstance(exc, jwt.InvalidAudienceError):
-        return "The session token is meant for another audience"
-    if isinstance(exc, jwt.InvalidIssuerError):
-        return "The session token was issued by another issuer"
-    if isinstance(exc, jwt.InvalidAlgorithmError):
-        return "The session token is signed with an algorithm its key does not allow"
-    if isinstance(exc, jwt.DecodeError):
-        return "The session token is malformed"
-    return "The session token is invalid"
+# PyJWT's refusals, in the order they are tested (its errors subclass each other): the reason label and sentence.
+_JWT_REFUSALS: tuple[tuple[type[jwt.PyJWTError], str, str], ...] = (
+    (jwt.ExpiredSignatureError, "expired", "The session token has expired"),
+    (jwt.ImmatureSignatureError, "not_yet_valid", "The session token is not valid yet"),
+    (jwt.InvalidSignatureError, "signature", "The session token's signature is invalid"),
+    (jwt.MissingRequiredClaimError, "missing_claim", "The session token lacks the required {claim!r} claim"),
+    (jwt.InvalidAudienceError, "audience", "The session token is meant for another audience"),
+    (jwt.InvalidIssuerError, "issuer", "The session token was issued by another issuer"),
+    (
+        jwt.InvalidAlgorithmError,
+        "algorithm",
+        "The session token is signed with an algorithm its key does not allow",
+    ),
+    (jwt.DecodeError, "malformed", "The session token is malformed"),
+)
+
+
+def _jwt_refusal(exc: jwt.PyJWTError) -> AuthenticationError:
+    """The 401 for a JWT that PyJWT refused: one sentence, and a reason from a fixed set for the metrics."""
+    for kind, reason, sentence in _JWT_REFUSALS:
+        if isinstance(exc, kind):
+            return AuthenticationError(sentence.format(claim=getattr(exc, "claim", "")), reason=reason)
+    return AuthenticationError("The session token is invalid")
 
 
 def _principal_from_claims(settings: Settings, claims: Mapping[str, Any]) -> Principal:
     user_id = _user_id(claims.get(settings.claim_user_id))
     if user_id is None:
         raise AuthenticationError(
-            f"The session token does not name a user (claim {settings.claim_user_id!r})"
+            f"The session token does not name a user (claim {settings.claim_user_id!r})", reason="no_user"
         )
     return Principal(
         user_id=user_id,
@@ -336,7 +342,7 @@ class IntrospectionAuthenticator(Authenticator):
             return principal
         refusal = self._refused.get(token)
         if refusal is not None:
-            raise AuthenticationError(refusal)
+            raise AuthenticationError(refusal, reason="refused")
         return await self._flight.run(token, lambda: self._ask(token))
 
     async def _ask(self, token: str) -> Principal:
@@ -344,7 +350,7 @@ class IntrospectionAuthenticator(Authenticator):
         if response.status_code in (401, 403):
             refusal = "The portal does not recognise this session (it may have expired or been signed out)"
             self._refused[token] = refusal
-            raise AuthenticationError(refusal)
+            raise AuthenticationError(refusal, reason="refused")
         if response.status_code != 200:
             log.warning("The portal session service answered %s", response.status_code)
             raise ServiceUnavailable(

@@ -90,9 +90,11 @@ class AuthenticationError(ProxyError):
     status_code = 401
     code = "unauthenticated"
 
-    def __init__(self, message: str, *, error: str = "invalid_token") -> None:
+    def __init__(self, message: str, *, error: str = "invalid_token", reason: str = "invalid") -> None:
         # RFC 6750 section 3: tell the client which scheme and why.
         super().__init__(message, headers={"WWW-Authenticate": f'Bearer realm="bpoc-proxy", error="{error}"'})
+        #: Why, as one word from a fixed set (the ``reason`` label of bpoc_proxy_session_failures_total).
+        self.reason = reason
 
 
 class Forbidden(ProxyError):

@@ -66,7 +66,9 @@ class JwksKeys:
                 pass  # keep the keys we have; the unknown kid is refused below
         key = self._find(kid, alg)
         if key is None:
-            raise AuthenticationError("The session token is signed with a key the portal does not publish")
+            raise AuthenticationError(
+                "The session token is signed with a key the portal does not publish", reason="unknown_key"
+            )
         return key
 
     def _find(self, kid: Any, alg: str) -> jwt.PyJWK | None:

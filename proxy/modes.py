@@ -47,10 +47,11 @@ class Caller:
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """One value the proxy writes: the field's dotted name and the value."""
+    """One value the proxy writes: the field's dotted name, the value, and the mode that wrote it."""
 
     field: str
     value: str
+    mode: Mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,17 +129,17 @@ def caller_value(field: FieldRule, caller: Caller) -> str:
 
 
 def _set(field: FieldRule, sent: Any, caller: Caller, roster: Roster) -> Decision:
-    return Write(field.name, caller_value(field, caller))
+    return Write(field.name, caller_value(field, caller), field.mode)
 
 
 def _default(field: FieldRule, sent: Any, caller: Caller, roster: Roster) -> Decision:
-    return Write(field.name, caller_value(field, caller)) if sent is None else None
+    return Write(field.name, caller_value(field, caller), field.mode) if sent is None else None
 
 
 def _enforce(field: FieldRule, sent: Any, caller: Caller, roster: Roster) -> Decision:
     mine = caller_value(field, caller)
     if sent is None:
-        return Write(field.name, mine)
+        return Write(field.name, mine, field.mode)
     # UUIDs and email addresses compare without regard to case; an opaque portal user id compares exactly.
     same = isinstance(sent, str) and (
         sent == mine if field.value == "user_id" else sent.lower() == mine.lower()
@@ -152,7 +153,7 @@ def _enforce(field: FieldRule, sent: Any, caller: Caller, roster: Roster) -> Dec
 
 def _reference(field: FieldRule, sent: Any, caller: Caller, roster: Roster) -> Decision:
     if sent is None:
-        return Write(field.name, caller_value(field, caller))
+        return Write(field.name, caller_value(field, caller), field.mode)
     if isinstance(sent, str) and sent:
         mine = caller.recruiter_id
         if mine is not None and sent.lower() == mine.lower():

@@ -2,22 +2,17 @@
 
 This is a plain ASGI callable rather than a Starlette endpoint: the hot path is measured against a bare Starlette
 app (README, "Performance") and every layer it skips is throughput the proxy keeps. All refusals are ProxyErrors;
-they are answered in exactly one place, ``_send_error``, in the JSON shape of every refusal (``errors.refusal``).
+they are answered in exactly one place, ``send_error``, in the JSON shape of every refusal (``errors.refusal``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
-from typing import Any
 
-from . import logs
 from .attribution import (
     AttributedRequest,
     Attribution,
@@ -30,10 +25,28 @@ from .attribution import (
 )
 from .auth import Authenticator, Principal, extract_token
 from .cors import Cors
-from .errors import AuthenticationError, BadRequest, PayloadTooLarge, ProxyError, refusal
+from .errors import AuthenticationError, BadRequest, ProxyError, ServiceUnavailable
+from .exchange import (
+    ClientGone,
+    Exchange,
+    Message,
+    Receive,
+    RequestHead,
+    Scope,
+    Send,
+    log_exchange,
+    new_id,
+    read_body,
+    read_head,
+    send_error,
+    send_whole,
+    start,
+    stream_request,
+    wait_for_disconnect,
+)
 from .framing import transfer_coding_error
 from .metrics import UNLISTED, Metrics
-from .paths import METHOD_OVERRIDE_HEADERS, check_method_override, normalise_path
+from .paths import check_method_override, normalise_path
 from .ratelimit import NoRateLimit, RateLimit
 from .recruiters import RecruiterDirectory
 from .rules import Match, Rule, RuleSet
@@ -48,50 +61,9 @@ from .upstream import (
     response_headers,
 )
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 log = logging.getLogger("proxy.pipeline")
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 _SMALL_BODY = 256 * 1024
-_OVERRIDE_NAMES = frozenset(name.encode() for name in METHOD_OVERRIDE_HEADERS)
-
-
-class ClientGone(Exception):
-    """The client closed its connection; there is nobody left to answer."""
-
-
-@dataclass(slots=True)
-class Exchange:
-    """What the access log says about one request; filled in as the request moves along."""
-
-    request_id: str
-    method: str
-    path: str
-    started: float = field(default_factory=time.perf_counter)
-    status: int = 0
-    #: The metrics' route label: the matched rule's or route's template, ``unlisted``, or ``own``.
-    route: str = UNLISTED
-    user_id: str | None = None
-    response_started: bool = False
-    #: What the proxy wrote on an attributed route: the audit record, logged with the request's line.
-    audit: dict[str, Any] | None = None
-    extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class RequestHead:
-    """What the pipeline reads from the client's headers, taken in one pass over them."""
-
-    request_id: str
-    session: str | None = None  # the session header's value
-    cookie: str | None = None  # every Cookie header, joined
-    body_length: bytes | None = None  # Content-Length, b"chunked" for a body of unknown length, None: no body
-    override: str | None = None  # the name of a method override header, if one was sent
-    websocket: bool = False  # a WebSocket handshake
 
 
 class Pipeline:
@@ -118,35 +90,35 @@ class Pipeline:
         self._cors = Cors(settings.cors_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        head = _read_head(scope["headers"], self._session_header)
+        head = read_head(scope["headers"], self._session_header)
         exchange = Exchange(head.request_id, scope["method"], scope["path"])
         if self._cors.enabled:
             exchange.extra_headers.extend(self._cors.headers_for(scope["headers"]))
         try:
             await self._handle(scope, head, receive, send, exchange)
         except ProxyError as exc:
-            await _send_error(send, exchange, exc, self._metrics)
+            await send_error(send, exchange, exc, self._metrics)
         except ClientGone:
             exchange.status = exchange.status or 499
         except Exception:
             log.exception("unexpected error", extra={"fields": {"requestId": exchange.request_id}})
             error = ProxyError("The proxy failed unexpectedly; the error was logged.")
-            await _send_error(send, exchange, error, self._metrics)
+            await send_error(send, exchange, error, self._metrics)
         finally:
             elapsed = time.perf_counter() - exchange.started
             self._metrics.request_done(exchange.route, exchange.method, exchange.status, elapsed)
             if exchange.audit is not None or self._settings.access_log:
-                _log_exchange(exchange)
+                log_exchange(exchange)
 
     async def refuse(self, scope: Scope, send: Send, error: ProxyError, route: str = UNLISTED) -> None:
         """Answer with ``error`` at once, as every refusal is answered: JSON, request id, one log line."""
-        head = _read_head(scope["headers"], self._session_header)
+        head = read_head(scope["headers"], self._session_header)
         exchange = Exchange(head.request_id, scope.get("method", "GET"), scope["path"], route=route)
-        await _send_error(send, exchange, error, self._metrics)
+        await send_error(send, exchange, error, self._metrics)
         elapsed = time.perf_counter() - exchange.started
         self._metrics.request_done(route, exchange.method, exchange.status, elapsed)
         if self._settings.access_log:
-            _log_exchange(exchange)
+            log_exchange(exchange)
 
     async def refuse_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """WebSockets are not proxied. The handshake is refused like any request (JSON, request id, a log line)
@@ -167,7 +139,7 @@ class Pipeline:
     ) -> None:
         method: str = scope["method"]
         if self._cors.enabled and (preflight := self._cors.preflight(method, scope["headers"])) is not None:
-            await _send_whole(send, exchange, 204, preflight, b"")  # answered here, never forwarded
+            await send_whole(send, exchange, 204, preflight, b"")  # answered here, never forwarded
             return
         if head.websocket:
             raise _websocket_refusal()
@@ -195,7 +167,7 @@ class Pipeline:
                 principal is None
             ):  # a rule route cannot be public (rules_file refuses that); fail closed anyway
                 raise AuthenticationError("This route is attributed and requires a portal session.")
-            raw = await _read_body(receive, self._settings.max_body_bytes)
+            raw = await read_body(receive, self._settings.max_body_bytes)
             request = self._attributed_request(match.rule, query, raw, outgoing)
             await self._attributed(request, principal, method, target, outgoing, receive, send, exchange)
             return
@@ -206,11 +178,19 @@ class Pipeline:
     async def _authenticate(self, head: RequestHead, exchange: Exchange) -> Principal:
         token = extract_token(self._settings, head.session, head.cookie)
         if token is None:
+            self._metrics.session_failed("missing")
             raise AuthenticationError(
                 f"This request carries no portal session; send it in the {self._settings.session_header} header.",
                 error="invalid_request",
             )
-        principal = await self._auth.authenticate(token)
+        try:
+            principal = await self._auth.authenticate(token)
+        except AuthenticationError as exc:
+            self._metrics.session_failed(exc.reason)
+            raise
+        except ServiceUnavailable:
+            self._metrics.session_failed("unavailable")
+            raise
         exchange.user_id = principal.user_id  # named in the access line even if refused just below
         # Right after authentication, before the body is read: every authenticated request counts.
         await self._rate_limit.check(principal.user_id, exchange.request_id)
@@ -248,7 +228,7 @@ class Pipeline:
         exchange: Exchange,
     ) -> None:
         attribution = await prepare(request, principal, self._directory)
-        attribution_id = _new_id()
+        attribution_id = new_id()
         exchange.extra_headers.append((b"x-attribution-id", attribution_id.encode()))
         headers = outgoing if request.rule.report_only else _json_headers(outgoing, request.content_type)
         async with self._forward(attribution, attribution_id, method, target, headers, exchange) as response:
@@ -260,18 +240,20 @@ class Pipeline:
                 await self._respond(response, receive, send, exchange)
                 return
             # BPOC may know this recruiter under a new ID (re-created): re-sync once and replay (issue 3).
+            self._metrics.upstream_answered(exchange.route, response.elapsed)
             answer = await response.read()
         again = None
         if is_stale_refusal(response.status, answer):
             again = await replay(attribution, principal, self._directory)
         if again is None:
             headers = response_headers(response.raw_headers, drop_cors=self._cors.enabled)
-            await _send_whole(send, exchange, response.status, headers, answer)
+            await send_whole(send, exchange, response.status, headers, answer)
             return
         log.warning(
             "BPOC refused a stale recruiter ID; replaying once with the re-synced ID",
             extra={"fields": {"requestId": exchange.request_id, "userId": principal.user_id}},
         )
+        self._metrics.stale_recruiter_replayed()
         async with self._forward(again, attribution_id, method, target, headers, exchange) as replayed:
             await self._respond(replayed, receive, send, exchange)
 
@@ -288,6 +270,9 @@ class Pipeline:
         exchange.audit = audit_record(attribution_id, attribution)
         if attribution.refusal is not None:
             raise attribution.refusal
+        if not attribution.request.rule.report_only:
+            for write in attribution.writes:
+                self._metrics.attributed(exchange.route, write.field, write.mode)
         return self._upstream.request(method, target, list(headers), attribution.sent)
 
     async def _pass_through(
@@ -302,7 +287,7 @@ class Pipeline:
     ) -> None:
         if length is not None and length != b"chunked":
             outgoing.append((b"content-length", length))  # a streamed upload keeps its length, un-chunked
-        body = _stream_request(receive) if length is not None else None
+        body = stream_request(receive) if length is not None else None
         async with self._upstream.request(method, target, outgoing, body) as response:
             await self._respond(response, receive, send, exchange)
 
@@ -310,11 +295,12 @@ class Pipeline:
         self, response: UpstreamResponse, receive: Receive, send: Send, exchange: Exchange
     ) -> None:
         """Send BPOC's answer on: small bodies in one message, large or unknown ones streamed."""
+        self._metrics.upstream_answered(exchange.route, response.elapsed)
         headers = response_headers(response.raw_headers, drop_cors=self._cors.enabled)
         length = response.content_length
         if length is not None and length <= _SMALL_BODY:
             body = await response.read()
-            await _send_whole(send, exchange, response.status, headers, body)
+            await send_whole(send, exchange, response.status, headers, body)
         else:
             await self._stream_response(response, headers, receive, send, exchange)
 
@@ -326,9 +312,9 @@ class Pipeline:
         send: Send,
         exchange: Exchange,
     ) -> None:
-        await _start(send, exchange, response.status, headers)
+        await start(send, exchange, response.status, headers)
         # Stop pulling from BPOC as soon as the client hangs up, or a big download leaks a connection.
-        gone = asyncio.ensure_future(_wait_for_disconnect(receive))
+        gone = asyncio.ensure_future(wait_for_disconnect(receive))
         try:
             async for chunk in response.stream():
                 if gone.done():
@@ -337,48 +323,6 @@ class Pipeline:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             gone.cancel()
-
-
-def _read_head(headers: list[tuple[bytes, bytes]], session_header: bytes) -> RequestHead:
-    head = RequestHead("")
-    chunked = offers_websocket = asks_upgrade = False
-    length = b""
-    for name, value in headers:
-        if name == session_header:
-            head.session = value.decode("latin-1")
-        elif name == b"cookie":
-            text = value.decode("latin-1")
-            head.cookie = text if head.cookie is None else f"{head.cookie}; {text}"
-        elif name == b"x-request-id":
-            candidate = value.decode("latin-1")
-            if not head.request_id and _REQUEST_ID.fullmatch(candidate):
-                head.request_id = candidate
-        elif name == b"content-length":
-            length = length or value.strip()
-        elif name == b"transfer-encoding":
-            chunked = True  # its codings are checked by _handle
-        elif name in _OVERRIDE_NAMES:
-            head.override = name.decode("latin-1")
-        elif name == b"upgrade":
-            offers_websocket = b"websocket" in value.lower()
-        elif name == b"connection":
-            asks_upgrade = asks_upgrade or b"upgrade" in value.lower()
-    if not head.request_id:
-        head.request_id = _new_id()
-    # Transfer-Encoding overrides Content-Length, whichever came first (RFC 9112 section 6.3).
-    head.body_length = b"chunked" if chunked else (None if length in (b"0", b"") else length)
-    # A handshake names websocket in Upgrade and lists Upgrade in Connection (RFC 9110 section 7.8).
-    head.websocket = offers_websocket and asks_upgrade
-    return head
-
-
-def request_id(headers: list[tuple[bytes, bytes]]) -> str:
-    """A request's id as the pipeline takes it: the client's first valid X-Request-Id, else a new one. For a
-    refusal made before the request reaches the pipeline (``protocol.py``)."""
-    for name, value in headers:
-        if name == b"x-request-id" and _REQUEST_ID.fullmatch(candidate := value.decode("latin-1")):
-            return candidate
-    return _new_id()
 
 
 def _route_label(match: Match | None) -> str:
@@ -390,12 +334,6 @@ def _websocket_refusal() -> BadRequest:
     return BadRequest(
         "WebSocket connections are not proxied; BPOC's API is plain HTTP.", headers={"Connection": "close"}
     )
-
-
-def _new_id() -> str:
-    """128 random bits, as uuid4 has, from the process's seeded generator: an id must be unique, not secret,
-    and a getrandom() system call per request is the dearer way to get that."""
-    return f"{random.getrandbits(128):032x}"
 
 
 def _json_headers(outgoing: Headers, content_type: str | None) -> Headers:
@@ -410,72 +348,3 @@ def _header(headers: Headers, name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:  # _stream_request's loop, without an async generator on the hot path
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body is larger than PROXY_MAX_BODY_BYTES ({limit} bytes).")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-async def _stream_request(receive: Receive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
-
-
-async def _wait_for_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _start(send: Send, exchange: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-    headers.append((b"x-request-id", exchange.request_id.encode("latin-1")))
-    headers.extend(exchange.extra_headers)
-    exchange.status = status
-    exchange.response_started = True
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-
-
-async def _send_whole(
-    send: Send, exchange: Exchange, status: int, headers: list[tuple[bytes, bytes]], body: bytes
-) -> None:
-    await _start(send, exchange, status, headers)
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _send_error(send: Send, exchange: Exchange, exc: ProxyError, metrics: Metrics) -> None:
-    if exchange.response_started:
-        # Too late for a clean answer: the status line went out. Dropping the connection tells the client.
-        log.warning(
-            "response broken off after it started: %s",
-            exc.message,
-            extra={"fields": {"requestId": exchange.request_id}},
-        )
-        return
-    headers, body = refusal(exc, exchange.request_id)
-    exchange.extra_headers = [h for h in exchange.extra_headers if h[0] != b"x-attribution-id"]
-    await _send_whole(send, exchange, exc.status_code, headers, body)
-    metrics.refused(exc.code)
-
-
-def _log_exchange(exchange: Exchange) -> None:
-    """One line per request: the access log line, which on attributed routes is also the audit record."""
-    e = exchange
-    logs.request_done(e.method, e.path, e.status, e.request_id, e.started, e.user_id, e.audit)

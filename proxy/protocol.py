@@ -36,8 +36,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from . import logs
 from .errors import ProxyError, refusal
+from .exchange import request_id as pipeline_request_id
 from .framing import MAX_HEAD_BYTES, head_too_large, malformed, transfer_coding_error
-from .pipeline import request_id as pipeline_request_id
+from .metrics import UNLISTED, Metrics
 
 log = logging.getLogger("proxy.protocol")
 
@@ -226,7 +227,11 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         self.transport.write(b"".join([*head, b"\r\n", b"" if method == "HEAD" else body]))
         self._linger()
-        logs.request_done(method, path, status, request_id, self._started or time.perf_counter())
+        started = self._started or time.perf_counter()
+        logs.request_done(method, path, status, request_id, started)
+        metrics = _metrics_of(self.app)
+        metrics.refused(error.code)
+        metrics.request_done(UNLISTED, method, status, time.perf_counter() - started)
 
     def _linger(self) -> None:
         """Close after the refusal, reading (and dropping) what the client still sends for a while first: closing
@@ -245,6 +250,17 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             return "-", "-"  # refused before the request line was read
         path = url.partition(b"?")[0][:_LOGGED_PATH].decode("latin-1")
         return self.parser.get_method().decode("latin-1"), path
+
+
+def _metrics_of(app: Any) -> Metrics:
+    """The metrics of the app this connection serves (the ProxyApp, or its bound ``admin`` entry point), so a
+    request refused before the app counts like any refusal; a plain ASGI app records nothing."""
+    owner = getattr(app, "__self__", app)
+    metrics = getattr(owner, "metrics", None)
+    return metrics if isinstance(metrics, Metrics) else _NO_METRICS
+
+
+_NO_METRICS = Metrics()
 
 
 def _parser_refusal(exc: httptools.HttpParserError) -> ProxyError:

@@ -28,6 +28,7 @@ import httpx
 
 from .auth import Principal
 from .errors import Forbidden, ServiceUnavailable
+from .metrics import Metrics
 from .recruiter_api import Recruiter, create_recruiter, fetch_directory, not_created
 from .recruiter_memory import Backoff, Bound, ExpiringSet, LatestSnapshot, Provisioned, Snapshot
 from .settings import Settings
@@ -88,8 +89,10 @@ class RecruiterDirectory:
         api_key: Callable[[], str],
         *,
         timer: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics or Metrics()
         self._http = http
         self._api_key = api_key
         self._timer = timer
@@ -190,8 +193,10 @@ class RecruiterDirectory:
         """
         recruiter = self._known(email)
         if recruiter is not None:
-            return recruiter  # Lookup.HIT
+            self._metrics.directory_lookup(Lookup.HIT.value)
+            return recruiter
         outcome, recruiter = await self._lookup(email)
+        self._metrics.directory_lookup(outcome.value)
         if outcome is Lookup.STALE:
             log.warning(
                 "BPOC directory unavailable; serving a stale recruiter entry",
@@ -264,8 +269,10 @@ class RecruiterDirectory:
             )
         except ServiceUnavailable:
             self._backoff.failed()
+            self._metrics.directory_sync_failed()
             raise
         self._backoff.succeeded()
+        self._metrics.directory_synced()
         return self._install(Snapshot.of(listed, self._timer()))
 
     def _install(self, snapshot: Snapshot) -> Snapshot:
@@ -319,6 +326,7 @@ class RecruiterDirectory:
         )
         self._provisioned.add(email, recruiter)
         self._unknown.discard(email)
+        self._metrics.recruiter_provisioned()
         log.info("created a BPOC recruiter", extra={"fields": {"email": email, "recruiterId": recruiter.id}})
         return recruiter
 

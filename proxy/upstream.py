@@ -279,7 +279,16 @@ class UpstreamResponse:
     leaves it as a ProxyError: 504 when BPOC is too slow, 502 when it cannot be reached or breaks the exchange.
     """
 
-    __slots__ = ("status", "raw_headers", "content_length", "_engine", "_timeout", "_request", "_response")
+    __slots__ = (
+        "status",
+        "raw_headers",
+        "content_length",
+        "elapsed",
+        "_engine",
+        "_timeout",
+        "_request",
+        "_response",
+    )
 
     def __init__(
         self,
@@ -293,6 +302,8 @@ class UpstreamResponse:
         self.status = 0
         self.raw_headers: Headers = []
         self.content_length: int | None = None
+        #: BPOC's time to response headers, in seconds (the wait for a free connection left out).
+        self.elapsed = 0.0
         self._engine = engine
         self._timeout = timeout
         self._request = (method, target, headers, body)
@@ -308,6 +319,7 @@ class UpstreamResponse:
         self.status = response.status
         self.raw_headers = response.raw_headers
         self.content_length = response.content_length
+        self.elapsed = response.elapsed
         return self
 
     async def __aexit__(

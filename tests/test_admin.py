@@ -191,3 +191,41 @@ def test_metrics_directory_is_cleared_at_start_and_the_private_one_removed_at_ex
     private.process.terminate()
     assert private.process.wait(timeout=30) == 0
     assert list(temporary.iterdir()) == []
+
+
+def test_every_instrumented_event_moves_its_metric(
+    proxy_process: Callable[..., ProxyProcess], bpoc_state: BpocState, client: httpx.Client
+) -> None:
+    """Attributions, BPOC's latency, session failures, directory lookups and syncs, a provisioned recruiter, a
+    stale-recruiter replay and a refusal made before the app are each counted, under bounded labels."""
+    proxy = proxy_process(RECRUITER_AUTO_PROVISION="true")
+    assert proxy.admin_url is not None
+    bob = auth("bob@agency.example")
+    assert client.post(proxy.url + "/api/v1/jobs/create", headers=bob, json=JOB).status_code == 201
+    bpoc_state.recreate_recruiter("bob@agency.example")  # BPOC now refuses Bob's cached ID: one replay
+    assert client.post(proxy.url + "/api/v1/jobs/create", headers=bob, json=JOB).status_code == 201
+    newcomer = auth(
+        "newcomer@agency.example", first_name="New", last_name="Comer"
+    )  # created by auto-provisioning
+    assert client.post(proxy.url + "/api/v1/jobs/create", headers=newcomer, json=JOB).status_code == 201
+    assert (
+        client.get(proxy.url + "/api/v1/jobs", headers={"Authorization": "Bearer not.a.jwt"}).status_code
+        == 401
+    )
+    expired = auth("bob@agency.example", exp_in=-3600)
+    assert client.get(proxy.url + "/api/v1/jobs", headers=expired).status_code == 401
+    assert client.get(proxy.url + "/api/v1/jobs", headers={"X-Big": "x" * 70_000}).status_code == 431
+
+    wait_for_value(proxy.admin_url, "bpoc_proxy_stale_recruiter_replays_total", 1)
+    after = scrape(proxy.admin_url)
+    # Each body forwarded counts: three requests, one of them sent twice (the replay).
+    assert value(after, "bpoc_proxy_attributions_total", route=CREATE, field="postedBy", mode="set") == 4
+    assert value(after, "bpoc_proxy_upstream_duration_seconds_count", route=CREATE) == 4  # the replay too
+    assert value(after, "bpoc_proxy_session_failures_total", reason="malformed") == 1
+    assert value(after, "bpoc_proxy_session_failures_total", reason="expired") == 1
+    assert value(after, "bpoc_proxy_directory_lookups_total", result="hit") >= 1
+    assert value(after, "bpoc_proxy_directory_lookups_total", result="miss") >= 1
+    assert value(after, "bpoc_proxy_directory_last_sync_timestamp_seconds") > 1_600_000_000
+    assert value(after, "bpoc_proxy_recruiters_provisioned_total") == 1
+    assert value(after, "bpoc_proxy_refusals_total", code="headers_too_large") == 1
+    assert value(after, "bpoc_proxy_requests_total", route="unlisted", method="GET", status="431") == 1

@@ -559,7 +559,7 @@ def test_plan_goes_on_past_a_refusal() -> None:
         ("interviewerId", "reference", "recruiter"),
     )
     result = plan(rule, {"approvedBy": STRANGER, "interviewerId": STRANGER}, CALLER, ACTIVE)
-    assert result.writes == (Write("scheduledBy", ME),)
+    assert result.writes == (Write("scheduledBy", ME, Mode.SET),)
     assert isinstance(result.refusal, Forbidden)
 
 
@@ -606,14 +606,14 @@ def test_apply_raises_the_refusal() -> None:
     refusal = Forbidden("postedBy must be your own BPOC recruiter ID.")
     body = {"postedBy": STRANGER}
     with pytest.raises(Forbidden):
-        apply(body, Plan((Write("postedBy", ME),), refusal))
+        apply(body, Plan((Write("postedBy", ME, Mode.SET),), refusal))
     assert body == {"postedBy": STRANGER}
 
 
 def test_apply_replaces_null_parent() -> None:
     """A null object on the way is replaced by an object."""
     body: dict[str, Any] = {"metadata": None}
-    assert apply(body, Plan((Write("metadata.by", ME),))) == {"metadata": {"by": ME}}
+    assert apply(body, Plan((Write("metadata.by", ME, Mode.SET),))) == {"metadata": {"by": ME}}
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 
 from .connection import Connection
 from .deadlines import Clock, Deadlines
@@ -103,6 +104,7 @@ class Engine:
         conn = await self._pool.acquire(timeout)
         response = EngineResponse(conn, method, timeout, self.deadlines, self._release)
         conn.start(response)
+        sent = time.perf_counter()  # the wait for a connection is the pool's, not the origin's
         try:
             target = self._target_prefix + target
             await send_request(conn, response, method, target, self._host_header, headers, body, timeout)
@@ -110,6 +112,7 @@ class Engine:
         except BaseException:
             response.close()
             raise
+        response.elapsed = time.perf_counter() - sent
         return response
 
     def reap(self) -> None:

@@ -43,6 +43,8 @@ class EngineResponse:
         #: The response headers as received, names in lower case.
         self.raw_headers: RawHeaders = []
         self.content_length: int | None = None
+        #: Seconds from sending the request to its response headers (set by the Engine).
+        self.elapsed = 0.0
         self._headers: asyncio.Future[None] = conn.loop.create_future()
         self._chunks: deque[bytes] = deque()
         self._queued = 0
