@@ -26,28 +26,25 @@ loses its last second.
 
 Several worker processes are summed by prometheus-client's multiprocess mode: each process writes its values to
 memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR``, and ``render`` reads every process's files (see
-:class:`Definitions` for when prometheus-client is imported). The timestamp gauges are summed as their maximum
+``metric_families.py`` for the definitions, and for when prometheus-client is imported). The timestamp gauges are summed as their maximum
 across processes, the connection gauges as the sum over live processes. With metrics off, prometheus-client is
 never imported.
 """
 
 from __future__ import annotations
 
-import functools
-import os
 import time
 from bisect import bisect_left
 from typing import Any, TypeVar
 
 from . import __version__
+from .metric_families import BUCKETS, definitions
 
 #: The route label of a request no rule or route names, and of the proxy's own endpoints.
 UNLISTED = "unlisted"
 OWN = "own"
 #: The text exposition format every Prometheus server reads (the names here need no newer escaping).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-#: Request and BPOC durations: a proxied request takes milliseconds, BPOC may take up to PROXY_UPSTREAM_TIMEOUT.
-BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # HTTP methods as labels; anything else (httptools accepts a few dozen WebDAV and other methods) is OTHER.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 _BOUNDS = (
@@ -56,143 +53,6 @@ _BOUNDS = (
 )  # as prometheus-client's Histogram keeps them: an observation goes in the first >=
 _LOOKUP_RESULTS = ("hit", "miss", "negative", "stale")
 _T = TypeVar("_T", "_Count", "_Durations")
-
-
-class Definitions:
-    """Every metric the proxy exports, made once per process by :func:`definitions`.
-
-    prometheus-client chooses between in-memory values and multiprocess files when it is first imported, from
-    PROMETHEUS_MULTIPROC_DIR; it is imported here, when the first PrometheusMetrics is made (in a worker, after
-    ``proxy/server.py`` has set the variable), never merely by importing this module. A process that makes one
-    without the variable (the tests' in-thread servers, the demo) keeps its values in memory and renders them alone.
-    """
-
-    def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-        # In multiprocess mode this registry is not rendered (the files are).
-        self.registry = registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "bpoc_proxy_requests",
-            "Requests answered, by route template, method and status.",
-            ["route", "method", "status"],
-            registry=registry,
-        )
-        self.request_duration = Histogram(
-            "bpoc_proxy_request_duration_seconds",
-            "Time from a request's arrival to the end of the proxy's answer.",
-            ["route", "method"],
-            buckets=BUCKETS,
-            registry=registry,
-        )
-        self.upstream_duration = Histogram(
-            "bpoc_proxy_upstream_duration_seconds",
-            "BPOC's time to response headers.",
-            ["route"],
-            buckets=BUCKETS,
-            registry=registry,
-        )
-        self.upstream_connections = Gauge(
-            "bpoc_proxy_upstream_connections",
-            "Connections to BPOC: open (in use or idle), idle (in the pool).",
-            ["state"],
-            multiprocess_mode="livesum",
-            registry=registry,
-        )
-        self.upstream_queue_waiting = Gauge(
-            "bpoc_proxy_upstream_queue_waiting",
-            "Requests waiting for a free connection to BPOC (PROXY_UPSTREAM_MAX_CONNECTIONS reached).",
-            multiprocess_mode="livesum",
-            registry=registry,
-        )
-        self.upstream_queue_timeouts = Counter(
-            "bpoc_proxy_upstream_queue_timeouts",
-            "Requests refused after waiting PROXY_UPSTREAM_QUEUE_TIMEOUT for a connection to BPOC.",
-            registry=registry,
-        )
-        self.attributions = Counter(
-            "bpoc_proxy_attributions",
-            "Attribution fields written, by route template, field and mode.",
-            ["route", "field", "mode"],
-            registry=registry,
-        )
-        self.refusals = Counter(
-            "bpoc_proxy_refusals",
-            "Requests refused by the proxy, by the code of the JSON error.",
-            ["code"],
-            registry=registry,
-        )
-        self.session_failures = Counter(
-            "bpoc_proxy_session_failures",
-            "Portal sessions that did not verify, by reason.",
-            ["reason"],
-            registry=registry,
-        )
-        self.directory_lookups = Counter(
-            "bpoc_proxy_directory_lookups",
-            "Recruiter directory lookups: hit, miss, negative (known unknown), stale (served while BPOC was "
-            "unreachable).",
-            ["result"],
-            registry=registry,
-        )
-        self.directory_last_sync = Gauge(
-            "bpoc_proxy_directory_last_sync_timestamp_seconds",
-            "When BPOC's recruiter directory was last loaded whole (Unix time).",
-            multiprocess_mode="max",
-            registry=registry,
-        )
-        self.directory_sync_failures = Counter(
-            "bpoc_proxy_directory_sync_failures",
-            "Failed loads of BPOC's recruiter directory.",
-            registry=registry,
-        )
-        self.recruiters_provisioned = Counter(
-            "bpoc_proxy_recruiters_provisioned",
-            "BPOC recruiters created by RECRUITER_AUTO_PROVISION.",
-            registry=registry,
-        )
-        self.stale_recruiter_replays = Counter(
-            "bpoc_proxy_stale_recruiter_replays",
-            "Attributed requests replayed once after BPOC refused a stale recruiter ID.",
-            registry=registry,
-        )
-        self.rules_reloads = Counter(
-            "bpoc_proxy_rules_reloads",
-            "Rules reloads, by result (success, failure).",
-            ["result"],
-            registry=registry,
-        )
-        self.rules_loaded = Gauge(
-            "bpoc_proxy_rules_loaded_timestamp_seconds",
-            "When the rules in use were loaded (Unix time).",
-            multiprocess_mode="max",
-            registry=registry,
-        )
-        self.build_info = Gauge(
-            "bpoc_proxy_build_info",
-            "The proxy's version, as a label; the value is always 1.",
-            ["version"],
-            multiprocess_mode="max",
-            registry=registry,
-        )
-
-    def render(self) -> bytes:
-        """Every process's metrics in the text format (this process's alone outside multiprocess mode)."""
-        from prometheus_client import CollectorRegistry, generate_latest
-        from prometheus_client.multiprocess import MultiProcessCollector
-
-        if self.multiprocess_dir is None:
-            return generate_latest(self.registry)
-        registry = CollectorRegistry()  # a fresh one per scrape, as prometheus-client's documentation advises
-        MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]  # untyped upstream
-        return generate_latest(registry)
-
-
-@functools.cache
-def definitions() -> Definitions:
-    """The metrics of this process, made on first use."""
-    return Definitions()
 
 
 class Metrics:
