@@ -1,10 +1,9 @@
 """Serving the proxy: bind the listeners, run the workers, and stop by the drain protocol (README "Start and stop").
 
-    serve(settings, rules)  ``bpoc-proxy serve``: binds both listeners first, then serves in this process
-                            (PROXY_WORKERS=1) or supervises worker processes that inherit the bound sockets
+    serve(settings, rules)  ``bpoc-proxy serve``: binds both listeners first (``listeners.py``), then serves in
+                            this process (PROXY_WORKERS=1) or supervises worker processes that inherit the bound
+                            sockets (``supervisor.py``)
     Worker                  one process's event loop: the app started once, both listeners, the drain
-    Supervisor              starts the workers, says "ready" when every one serves, forwards signals,
-                            restarts a worker that dies, and exits 0 only if every worker drained cleanly
 
 uvicorn provides the HTTP/1.1 protocol (``proxy/protocol.py``) and its per-connection machinery; the process around
 it is ours, because the proxy starts and stops unlike ``uvicorn.run``: two listeners serving two entry points of
@@ -29,137 +28,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import logging.config
-import multiprocessing
 import os
-import shutil
 import signal
-import socket
 import sys
-import tempfile
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
-from pathlib import Path
-from types import FrameType
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
 import uvicorn
 from uvicorn.server import ServerState
 
-from . import __version__
 from .app import ProxyApp, create_app
-from .errors import ConfigError
+from .listeners import Listener, bind_listeners, metrics_directory
 from .logs import flush_all, logging_config
 from .protocol import SERVER_OPTIONS, ProxyHttpProtocol
 from .rules import RuleSet
 from .settings import Settings
+from .supervisor import (
+    EXIT_CUT,
+    EXIT_OK,
+    EXIT_STARTUP,
+    STOP_SIGNALS,
+    Supervisor,
+    ready_fields,
+    stop_on_signals,
+)
 
 log = logging.getLogger("proxy.server")
 
-EXIT_OK = 0
-EXIT_CUT = 1  # the grace ran out with requests in flight, or a worker did not drain cleanly
-EXIT_STARTUP = 2  # any start-up failure, as for a bad setting
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 BACKLOG = 2048
 PARENT_CHECK_SECONDS = 1.0
 
 #: How a worker tells whoever started it that it serves (None) or could not start (one line): a Supervisor's
 #: pipe, or the demo's banner.
 Report = Callable[[str | None], None]
-
-
-@dataclass(frozen=True)
-class Listener:
-    """A bound socket, and whether it is the admin listener (``/healthz``, ``/readyz``, ``/metrics`` only)."""
-
-    sock: socket.socket
-    admin: bool
-
-    @property
-    def url(self) -> str:
-        host, port = self.sock.getsockname()[:2]
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def bind_listeners(settings: Settings) -> list[Listener]:
-    """Bind the main listener and, unless PROXY_ADMIN_PORT is 0, the admin listener; a ConfigError naming the
-    address and the setting when either cannot be bound."""
-    main = bind(settings.host, settings.port, "PROXY_HOST", "PROXY_PORT")
-    if not settings.admin_port:
-        return [Listener(main, admin=False)]
-    try:
-        admin = bind(settings.admin_host, settings.admin_port, "PROXY_ADMIN_HOST", "PROXY_ADMIN_PORT")
-    except ConfigError:
-        main.close()
-        raise
-    return [Listener(main, admin=False), Listener(admin, admin=True)]
-
-
-def bind(host: str, port: int, host_setting: str, port_setting: str) -> socket.socket:
-    """A socket bound to host:port, inheritable by worker processes; a ConfigError naming the address and the
-    setting (the host's when the address is unknown here, else the port's) when it cannot be bound."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        unknown_host = isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
-        reason = exc.strerror or str(exc)
-        setting = host_setting if unknown_host else port_setting
-        raise ConfigError(f"cannot listen on {shown} ({setting}): {reason[:1].lower()}{reason[1:]}") from None
-    sock.set_inheritable(True)
-    return sock
-
-
-@contextlib.contextmanager
-def metrics_directory(settings: Settings) -> Iterator[Path | None]:
-    """Where the workers' metric files go, for the whole run: PROXY_METRICS_DIR with its stale files cleared, or a
-    private temporary directory removed at exit. Workers inherit PROMETHEUS_MULTIPROC_DIR, which prometheus-client
-    reads when it is first imported (proxy/metrics.py imports it when a worker makes its metrics)."""
-    if not settings.metrics:
-        yield None
-        return
-    made = settings.metrics_dir is None
-    directory = _make_temporary() if made else _clear(settings.metrics_dir)  # type: ignore[arg-type]
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-    try:
-        yield directory
-    finally:
-        if made:
-            shutil.rmtree(directory, ignore_errors=True)
-
-
-def _make_temporary() -> Path:
-    try:
-        return Path(tempfile.mkdtemp(prefix="bpoc-proxy-metrics-"))
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot make a temporary directory for the metrics files ({exc.strerror}); "
-            "set PROXY_METRICS_DIR to a writable directory, or PROXY_METRICS=false"
-        ) from None
-
-
-def _clear(directory: Path) -> Path:
-    """Make the directory if needed and remove a previous run's files (stale counters would be summed in)."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob("*.db"):
-            stale.unlink()
-        probe = directory / f".probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(
-            f"PROXY_METRICS_DIR names {str(directory)!r}, which is not a writable directory: {exc.strerror}"
-        ) from None
-    return directory
 
 
 def serve(settings: Settings, rules: RuleSet) -> int:
@@ -170,32 +75,18 @@ def serve(settings: Settings, rules: RuleSet) -> int:
     try:
         with metrics_directory(settings) as directory:
             if settings.workers > 1:
-                status = Supervisor(settings, listeners, directory).run()
+                status = Supervisor(settings, listeners, directory, _worker_main).run()
             else:
                 worker = Worker(settings, listeners, rules)
-                _stop_on_signals(worker.stop)
+                stop_on_signals(worker.stop)
                 status = worker.run()
-            _stop_on_signals(lambda sig: None)  # the drain is over: a late signal must not change the status
+            stop_on_signals(lambda sig: None)  # the drain is over: a late signal must not change the status
         log.info("bpoc-proxy stopped", extra={"fields": {"exitStatus": status}})
         return status
     finally:
         for listener in listeners:
             listener.sock.close()
         flush_all()
-
-
-def ready_fields(settings: Settings, listeners: list[Listener], pids: list[int]) -> dict[str, Any]:
-    """What the "bpoc-proxy ready" line says: where it listens, what it loaded, and the workers' pids."""
-    return {
-        "version": __version__,
-        "upstream": settings.bpoc_base_url,
-        "listen": next(listener.url for listener in listeners if not listener.admin),
-        "admin": next((listener.url for listener in listeners if listener.admin), None),
-        "rules": str(settings.rules_path),
-        "metrics": settings.metrics,
-        "pid": os.getpid(),
-        "workers": pids,
-    }
 
 
 class Worker:
@@ -377,188 +268,10 @@ async def _no_app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no co
     """A placeholder app for the uvicorn.Config that only chooses the event loop."""
 
 
-# -- Several workers ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Child:
-    """A worker process and the pipe it reports on."""
-
-    process: BaseProcess
-    conn: Connection
-    serving: bool = False
-    failure: str | None = None
-    reported: bool = False  # the pipe is closed: nothing more to read from it
-
-
-class Supervisor:
-    """Runs PROXY_WORKERS worker processes on the inherited listeners.
-
-    It logs "bpoc-proxy ready" once every worker serves; a worker that cannot start stops them all (exit status 2,
-    the worker's one line on stderr). SIGTERM and SIGINT are forwarded to every worker, which drain on their own;
-    SIGHUP is forwarded too (each worker reloads its rules). A worker that dies while the proxy runs is logged and
-    replaced. The exit status is 0 only if every worker drained cleanly.
-    """
-
-    def __init__(self, settings: Settings, listeners: list[Listener], metrics_dir: Path | None) -> None:
-        self.settings = settings
-        self.listeners = listeners
-        self._metrics_dir = metrics_dir
-        self._context = multiprocessing.get_context("spawn")
-        self._children: list[_Child] = []
-        self._signals: list[int] = []
-        self._stopping = False
-        self._announced = False
-        self._status = EXIT_OK
-
-    def run(self) -> int:
-        wake_read, wake_write = os.pipe()
-        os.set_blocking(wake_read, False)
-        os.set_blocking(wake_write, False)
-        previous = signal.set_wakeup_fd(wake_write)
-        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (*STOP_SIGNALS, signal.SIGHUP)}
-        try:
-            self._children = [self._spawn() for _ in range(self.settings.workers)]
-            while self._children:
-                wait([wake_read, *self._waitables()])
-                with contextlib.suppress(BlockingIOError):
-                    os.read(wake_read, 512)
-                self._step()
-        finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
-            signal.set_wakeup_fd(previous)
-            os.close(wake_read)
-            os.close(wake_write)
-        return self._status
-
-    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
-        self._signals.append(sig)
-
-    def _spawn(self) -> _Child:
-        parent_end, child_end = self._context.Pipe(duplex=False)
-        process = self._context.Process(
-            target=_worker_main,
-            args=(self.settings, self.listeners, child_end),
-            name="bpoc-proxy-worker",
-        )
-        process.start()
-        child_end.close()
-        return _Child(process, parent_end)
-
-    def _waitables(self) -> list[Any]:
-        pipes = [child.conn for child in self._children if not child.reported]
-        return [*pipes, *(child.process.sentinel for child in self._children)]
-
-    def _step(self) -> None:
-        for sig in self._take_signals():
-            self._forward(sig)
-        for child in list(self._children):
-            self._read_reports(child)
-            if not child.process.is_alive():
-                self._exited(child)
-        if not self._announced and not self._stopping and all(child.serving for child in self._children):
-            self._announced = True
-            pids = [child.process.pid or 0 for child in self._children]
-            log.info("bpoc-proxy ready", extra={"fields": ready_fields(self.settings, self.listeners, pids)})
-
-    def _begin_stopping(self) -> None:
-        """No more workers are started; the supervisor's copies of the listening sockets close, so that the
-        sockets stop accepting as soon as every worker closes its own (drain step 2)."""
-        self._stopping = True
-        for listener in self.listeners:
-            listener.sock.close()
-
-    def _take_signals(self) -> list[int]:
-        taken, self._signals = self._signals, []
-        return taken
-
-    def _forward(self, sig: int) -> None:
-        if sig in STOP_SIGNALS and not self._stopping:
-            self._begin_stopping()
-            log.info(
-                "%s: every worker drains",
-                signal.Signals(sig).name,
-                extra={"fields": {"workers": len(self._children)}},
-            )
-        elif sig == signal.SIGHUP:
-            log.info("SIGHUP: every worker reloads its rules")
-        for child in self._children:
-            if child.process.pid is not None and child.process.is_alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.process.pid, sig)
-
-    def _read_reports(self, child: _Child) -> None:
-        try:
-            while not child.reported and child.conn.poll():
-                failure = child.conn.recv()
-                if failure is None:
-                    child.serving = True
-                    if self._announced:
-                        pid = child.process.pid
-                        log.info("a replacement worker serves", extra={"fields": {"pid": pid}})
-                else:
-                    child.failure = failure
-        except (EOFError, OSError):
-            child.reported = True
-
-    def _exited(self, child: _Child) -> None:
-        child.process.join()
-        child.conn.close()
-        self._children.remove(child)
-        pid, code = child.process.pid or 0, child.process.exitcode
-        if self._metrics_dir is not None:
-            from prometheus_client.multiprocess import mark_process_dead
-
-            # Its live gauges go; its counters stay in the sums (a counter never goes down).
-            mark_process_dead(pid, str(self._metrics_dir))  # type: ignore[no-untyped-call]  # untyped upstream
-        if self._stopping:
-            if code != EXIT_OK:
-                self._status = EXIT_CUT if self._status == EXIT_OK else self._status
-            return
-        if not child.serving:  # it never served: every replacement would fail the same way
-            self._start_failed(child, code)
-            return
-        log.error(
-            "worker %d died unexpectedly (%s); starting another",
-            pid,
-            _describe(code),
-            extra={"fields": {"pid": pid}},
-        )
-        self._children.append(self._spawn())
-
-    def _start_failed(self, child: _Child, code: int | None) -> None:
-        failure = child.failure or f"a worker exited while starting ({_describe(code)})"
-        if self._announced:
-            log.error("a replacement worker could not start: %s; stopping", failure)
-            self._status = EXIT_CUT
-        else:
-            print(f"bpoc-proxy: {failure}", file=sys.stderr, flush=True)
-            self._status = EXIT_STARTUP
-        self._begin_stopping()
-        for other in self._children:
-            if other.process.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(other.process.pid, signal.SIGTERM)
-
-
-def _describe(code: int | None) -> str:
-    if code is not None and code < 0:
-        return f"killed by {signal.Signals(-code).name}"
-    return f"exit status {code}"
-
-
-def _stop_on_signals(stop: Callable[[int], None]) -> None:
-    """SIGTERM and SIGINT call ``stop`` until the worker's event loop takes them over: a signal that arrives while
-    the worker is still starting is acted on once it serves (it drains at once), never a traceback or status 143."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, lambda sig, frame: stop(sig))
-
-
 def _worker_main(settings: Settings, listeners: list[Listener], conn: Connection) -> None:
     """The entry point of a worker process (spawned: a fresh interpreter that inherits the environment)."""
     worker = Worker(settings, listeners, report=conn.send, supervised=True)
-    _stop_on_signals(worker.stop)
+    stop_on_signals(worker.stop)
     logging.config.dictConfig(logging_config(settings.log_level))
     status = worker.run()
     flush_all()

@@ -21,8 +21,9 @@ from typing import Any
 import httpx
 
 from ..errors import ConfigError
+from ..listeners import Listener, bind
 from ..logs import logging_config
-from ..server import Listener, Worker, bind
+from ..server import Worker
 from ..settings import Settings, rules_location
 from .bpoc import create_bpoc_app
 from .seed import BOB_ID, BpocState
