@@ -28,8 +28,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import logs
+from .environ import masked_url
 from .errors import RateLimited
-from .settings import Settings, masked_url
+from .settings import Settings
 
 log = logging.getLogger("proxy.ratelimit")
 

@@ -23,8 +23,9 @@ from types import TracebackType
 from urllib.parse import urlsplit
 
 from .engine import Engine, EngineError, EngineResponse, EngineTimeout, PoolTimeout
+from .environ import IPNetwork, read_secret_file
 from .errors import BadGateway, ConfigError, GatewayTimeout, ProxyError, UpstreamBusy
-from .settings import IPNetwork, Settings, read_secret_file
+from .settings import Settings
 
 # RFC 9110 section 7.6.1, plus the Proxy-* family and the legacy Keep-Alive. Never forwarded in either direction.
 HOP_BY_HOP = frozenset(

@@ -9,7 +9,7 @@ from proxy.auth import VERIFIERS
 from .conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
-SETTINGS_SOURCE = (ROOT / "proxy" / "settings.py").read_text()
+SETTINGS_SOURCE = "".join((ROOT / "proxy" / name).read_text() for name in ("settings.py", "environ.py"))
 
 
 def settings_read_by_code() -> set[str]:

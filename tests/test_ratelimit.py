@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from proxy.app import create_app
+from proxy.environ import masked_url
 from proxy.errors import RateLimited
 from proxy.ratelimit import (
     NoRateLimit,
@@ -31,7 +32,7 @@ from proxy.ratelimit import (
     describe,
 )
 from proxy.sandbox.seed import BpocState
-from proxy.settings import Settings, masked_url
+from proxy.settings import Settings
 
 from .conftest import (
     ROOT,
