@@ -17,20 +17,20 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote, urlsplit
 
-import redis.asyncio
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from . import logs
 from .environ import masked_url
 from .errors import RateLimited
 from .settings import Settings
+
+if TYPE_CHECKING:  # redis-py is imported only when the storage is Redis: a worker without it stays smaller
+    import redis.asyncio
 
 log = logging.getLogger("proxy.ratelimit")
 
@@ -306,6 +306,10 @@ def _redis_pool(uri: str, ssl_cert_file: Path | None) -> redis.asyncio.Connectio
     reuses a connection's protocol object when it reconnects after an error reply such as NOSCRIPT, and under
     uvloop over TLS the old socket's late close then kills the new one: a rediss:// call hung for good.
     """
+    import redis.asyncio
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
     options: dict[str, Any] = {
         "socket_connect_timeout": REDIS_TIMEOUT,
         "socket_timeout": REDIS_TIMEOUT,
