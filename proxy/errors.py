@@ -6,7 +6,7 @@ Every refusal the proxy makes is one of these, turned into a JSON response in on
     ProxyError                   base; carries the HTTP status and one readable sentence
     ├── ClientError              the request itself is wrong
     │   ├── BadRequest           400  body is not a JSON object, path cannot be normalised, ...
-    │   ├── MethodNotAllowed     405  anything but GET/HEAD on the proxy's own /healthz and /readyz
+    │   ├── MethodNotAllowed     405  CONNECT and TRACE; anything but GET/HEAD on /healthz and /readyz
     │   ├── PayloadTooLarge      413  body over PROXY_MAX_BODY_BYTES on a buffered route
     │   ├── UnsupportedMediaType 415  not JSON, or an encoding we cannot decode, on a rule route
     │   └── Unprocessable        422  a referenced recruiter is not an active recruiter of the agency

@@ -33,7 +33,7 @@ from .attribution import (
 from .auth import Authenticator, Principal, extract_token
 from .cors import Cors
 from .errors import AuthenticationError, BadRequest, PayloadTooLarge, ProxyError
-from .paths import METHOD_OVERRIDE_HEADERS, check_method_override, normalise_path
+from .paths import METHOD_OVERRIDE_HEADERS, check_method, check_method_override, normalise_path
 from .recruiters import RecruiterDirectory
 from .rules import Rule, RuleSet
 from .settings import Settings
@@ -163,6 +163,7 @@ class Pipeline:
             raise _websocket_refusal()
         path = normalise_path(scope.get("raw_path") or scope["path"].encode("utf-8"))
         exchange.path = path
+        check_method(method)
         if head.override is not None:
             check_method_override([head.override])
         rules = self._rules()
