@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 from hypothesis import settings
+from hypothesis import strategies as st
 
 from proxy.app import create_app
 from proxy.protocol import SERVER_OPTIONS
@@ -48,6 +49,21 @@ def property_settings(max_examples: int) -> settings:
     if _SCALE != 1:
         return scaled  # random seeds, and the example database in .hypothesis/ (git-ignored)
     return settings(scaled, derandomize=True, database=None)
+
+
+def weighted(draw: st.DrawFn, *options: tuple[int, Any]) -> Any:
+    """One of ``options`` (weight, value), drawn so that hypothesis can shrink towards the first."""
+    pick = draw(st.integers(0, sum(weight for weight, _ in options) - 1))
+    for weight, value in options:
+        if pick < weight:
+            return value
+        pick -= weight
+    raise AssertionError("unreachable")
+
+
+def rarely(draw: st.DrawFn, one_in: int) -> bool:
+    """True about once in ``one_in`` draws (False is what hypothesis shrinks towards)."""
+    return bool(weighted(draw, (one_in - 1, False), (1, True)))
 
 
 # --- The recording upstream ---------------------------------------------------------------------------------
@@ -122,15 +138,14 @@ class RecordingUpstream:
             else:
                 self._received.append(received)
                 answer = {"recorded": len(self._received)}
-        payload = json.dumps(answer).encode()
+        payload, content_type = json.dumps(answer).encode(), b"application/json"
+        if received.method == "TRACE":  # RFC 9110 section 9.3.8: the request as received, headers and all
+            payload, content_type = _echo(received), b"message/http"
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", b"%d" % len(payload)),
-                ],
+                "headers": [(b"content-type", content_type), (b"content-length", b"%d" % len(payload))],
             }
         )
         await send({"type": "http.response.body", "body": payload})
@@ -157,6 +172,13 @@ class RecordingUpstream:
     def since(self, start: int) -> list[Received]:
         with self._lock:
             return list(self._received[start:])
+
+
+def _echo(received: Received) -> bytes:
+    target = received.raw_path + (b"?" + received.query if received.query else b"")
+    lines = [received.method.encode() + b" " + target + b" HTTP/1.1"]
+    lines += [name + b": " + value for name, value in received.headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 @contextmanager
@@ -219,7 +241,8 @@ def raw_exchange(url: str, request: bytes, *, timeout: float = 30.0) -> Answer:
     would normalise a path or refuse a method; this does not)."""
     with socket.create_connection(address(url), timeout=timeout) as sock:
         sock.sendall(request)
-        response = http.client.HTTPResponse(sock)
+        # The answer to a HEAD has no body whatever its Content-Length says.
+        response = http.client.HTTPResponse(sock, method=request.split(b" ", 1)[0].decode("latin-1"))
         try:
             response.begin()
             body = response.read()

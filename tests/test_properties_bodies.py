@@ -47,11 +47,13 @@ from .property_support import (
     new_request_id,
     property_settings,
     proxy_env,
+    rarely,
     raw_exchange,
     read_rules,
     serve_proxy,
     serve_upstream,
     strict_loads,
+    weighted,
 )
 
 MAX_BODY = 65_536
@@ -158,21 +160,6 @@ SCALAR: st.SearchStrategy[Node] = st.one_of(
     NUMBER.map(lambda t: ("lit", t)),
     TEXT.map(lambda t: ("str", t)),
 )
-
-
-def weighted(draw: st.DrawFn, *options: tuple[int, Any]) -> Any:
-    """One of ``options`` (weight, value), drawn so that hypothesis can shrink towards the first."""
-    pick = draw(st.integers(0, sum(weight for weight, _ in options) - 1))
-    for weight, value in options:
-        if pick < weight:
-            return value
-        pick -= weight
-    raise AssertionError("unreachable")
-
-
-def rarely(draw: st.DrawFn, one_in: int) -> bool:
-    """True about once in ``one_in`` draws (False is what hypothesis shrinks towards)."""
-    return bool(weighted(draw, (one_in - 1, False), (1, True)))
 
 
 def _containers(children: st.SearchStrategy[Node]) -> st.SearchStrategy[Node]:
