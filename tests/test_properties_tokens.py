@@ -441,7 +441,7 @@ def check(setup: Setup, case: TokenCase) -> None:
     assert body["postedBy"] == recruiter
 
 
-@property_settings(200)
+@property_settings(300)
 @given(case=token_cases("hs"))
 @example(case=TokenCase("hs", "HS512", (("claim", "exp", ("time", 10**400)), ("resign", "right")), ()))
 def test_mutated_hs256_sessions(setup: Setup, case: TokenCase) -> None:
@@ -449,7 +449,7 @@ def test_mutated_hs256_sessions(setup: Setup, case: TokenCase) -> None:
     check(setup, case)
 
 
-@property_settings(150)
+@property_settings(200)
 @given(case=token_cases("jwks"))
 def test_mutated_jwks_sessions(setup: Setup, case: TokenCase) -> None:
     """RS256/ES256/EdDSA sessions from a JWKS, alg confusion included: the same."""
