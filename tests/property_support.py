@@ -264,15 +264,17 @@ def build_request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
 
 
-def is_proxy_refusal(answer: Answer, request_id: str) -> bool:
-    """Whether a 4xx is the proxy's own JSON refusal of this request (not an answer passed through)."""
+def is_proxy_refusal(answer: Answer, request_id: str | None) -> bool:
+    """Whether a 4xx is the proxy's own JSON refusal of this request (not an answer passed through); a
+    ``request_id`` of None accepts any id (a request line refused before its headers were read)."""
     try:
         payload = answer.json()
     except ValueError:
         return False
     return (
         isinstance(payload, dict)
-        and payload.get("requestId") == request_id
+        and payload.get("requestId") == (request_id or payload.get("requestId"))
+        and isinstance(payload.get("requestId"), str)
         and payload.get("status") == answer.status
         and isinstance(payload.get("error"), str)
         and isinstance(payload.get("code"), str)
