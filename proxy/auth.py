@@ -251,7 +251,9 @@ class JwtAuthenticator(Authenticator):
         nbf = claims.get("nbf")
         if isinstance(nbf, int | float) and nbf > wall:
             return  # accepted only thanks to the leeway: verify again next time rather than trust it early
-        lifetime = min(float(claims["exp"]) - wall, self._ttl)
+        # exp as PyJWT validated it (int(exp)), clamped before any float arithmetic: 10**400 overflows a float.
+        exp = min(int(claims["exp"]), int(wall + self._ttl) + 1)
+        lifetime = min(exp - wall, self._ttl)
         if lifetime <= 0:
             return
         if len(self._verified) >= CACHE_SIZE:

@@ -7,7 +7,7 @@ Every refusal the proxy makes is one of these, turned into a JSON response by ``
     ├── ClientError              the request itself is wrong
     │   ├── BadRequest           400  body is not a JSON object, path cannot be normalised, ...
     │   ├── NotFound             404  a path the admin listener does not serve, or /metrics with metrics off
-    │   ├── MethodNotAllowed     405  anything but GET/HEAD on the proxy's own endpoints
+    │   ├── MethodNotAllowed     405  CONNECT and TRACE; anything but GET/HEAD on the proxy's own endpoints
     │   ├── PayloadTooLarge      413  body over PROXY_MAX_BODY_BYTES on a buffered route
     │   ├── HeadersTooLarge      431  request line and headers over 64 KiB
     │   ├── UnsupportedMediaType 415  not JSON, or an encoding we cannot decode, on a rule route

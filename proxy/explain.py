@@ -17,7 +17,7 @@ from .attribution import UNKNOWN, AttributedRequest, Directory, Unknown, check_u
 from .auth import Principal
 from .errors import ProxyError
 from .modes import Unchecked
-from .paths import normalise_path
+from .paths import check_method, normalise_path
 from .recruiters import Identity, email_of
 from .rules import Match, RuleSet
 
@@ -107,6 +107,7 @@ async def explain(
     verdict = Verdict(method, raw_path, "forwarded", "none (the path was refused before matching)")
     try:
         path = normalise_path(raw_path.encode("utf-8"))
+        check_method(method)
         match = rules.match(method, path)
         check_unlisted(rules, match, method, path)
         verdict = Verdict(

@@ -27,6 +27,7 @@ from .modes import Plan, Write, apply, json_kind
 _BOM = b"\xef\xbb\xbf"
 _TOO_DEEP = "The request body is nested too deeply."
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SKIPPED_BY_DECODER = ("\ufeff", "\xef\xbb\xbf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +136,10 @@ def _parse(raw: bytes) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRequest(f"The request body is not valid UTF-8 (at byte {exc.start}).") from None
+    if text.startswith(_SKIPPED_BY_DECODER):
+        # simplejson skips a BOM at the start (also its three bytes read as latin-1). One BOM is taken off the
+        # bytes already; a second would reach BPOC in front of the object, where a strict parser stops.
+        raise BadRequest("The request body is not valid JSON: Expecting value at line 1, column 1.")
     try:
         body = _DECODER.decode(text)
     except simplejson.JSONDecodeError as exc:

@@ -13,7 +13,8 @@ against the rules and forwards, so the two can never disagree:
 What cannot be normalised safely is refused with :class:`~proxy.errors.BadRequest`: invalid escapes, an
 encoded slash, backslash or control character (servers disagree on whether ``%2F`` splits a segment), a raw
 backslash (some servers read it as a slash), a ``;`` (path parameters, which some servers strip), a ``..``
-above the root, a path that does not start with ``/``, and non-ASCII bytes.
+above the root, a path that does not start with ``/``, and non-ASCII bytes. :func:`check_method` refuses the two
+methods that have no meaning for BPOC behind a reverse proxy, CONNECT and TRACE.
 
 Letter case is left alone here: the rules compare literal segments case-insensitively instead (see
 ``rules.py``), and the forwarded path keeps the client's case.
@@ -24,11 +25,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from .errors import BadRequest
+from .errors import BadRequest, MethodNotAllowed
 
 #: Headers some frameworks read to replace the request method; a client could use one to reach a route under a
 #: method no rule names. The pipeline refuses any request that carries one.
 METHOD_OVERRIDE_HEADERS = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
+#: Methods that mean nothing to an origin behind a reverse proxy, never forwarded (RFC 9110 sections 9.3.6, 9.3.8):
+#: TRACE would have BPOC echo the request it received, the agency's X-API-Key included, back to the client;
+#: CONNECT asks for a tunnel, and the forwarding engine would read BPOC's answer as one (no body).
+UNFORWARDED_METHODS = frozenset({"CONNECT", "TRACE"})
+_ALLOW = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 # Anything that sends a path down the slow path; everything else is already canonical.
 _NEEDS_WORK = re.compile(r"[%;\\\x00-\x1f\x7f]|//|/\.")
@@ -59,6 +65,12 @@ def check_method_override(header_names: Iterable[str]) -> None:
             raise BadRequest(
                 f"The {name} header is not accepted; send the request with its real HTTP method."
             )
+
+
+def check_method(method: str) -> None:
+    """Refuse CONNECT and TRACE (405), which the proxy never forwards; every other method goes on as it is."""
+    if method.upper() in UNFORWARDED_METHODS:
+        raise MethodNotAllowed(f"{method} requests are not forwarded to BPOC.", headers={"Allow": _ALLOW})
 
 
 def _refuse_unsafe_characters(path: str) -> None:

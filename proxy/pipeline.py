@@ -46,7 +46,7 @@ from .exchange import (
 )
 from .framing import transfer_coding_error
 from .metrics import UNLISTED, Metrics
-from .paths import check_method_override, normalise_path
+from .paths import check_method, check_method_override, normalise_path
 from .ratelimit import NoRateLimit, RateLimit
 from .recruiters import RecruiterDirectory
 from .rules import Match, Rule, RuleSet
@@ -150,6 +150,7 @@ class Pipeline:
                 raise error
         path = normalise_path(scope.get("raw_path") or scope["path"].encode("utf-8"))
         exchange.path = path
+        check_method(method)
         if head.override is not None:
             check_method_override([head.override])
         rules = self._rules()

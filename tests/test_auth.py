@@ -323,6 +323,20 @@ async def test_cache_never_outlives_exp(http, timer, decode_calls):
     assert len(decode_calls) == 2
 
 
+@pytest.mark.parametrize("exp", [10**400, "99999999999"], ids=["beyond-a-float", "numeric-string"])
+async def test_far_exp_is_remembered_for_the_ttl(http, timer, decode_calls, exp):
+    """An exp PyJWT accepts but float() cannot hold (10**400; found by the token property) is no 500: the token
+    is valid and remembered for the cache ttl, like any far exp."""
+    authenticator = build_authenticator(make_settings(session_cache_ttl=60), http, timer=timer)
+    token = hs(exp=exp)
+    for _ in range(2):
+        assert (await authenticator.authenticate(token)).user_id == "user-1"
+    assert len(decode_calls) == 1
+    timer.advance(61)
+    await authenticator.authenticate(token)
+    assert len(decode_calls) == 2
+
+
 async def test_refusals_and_early_tokens_are_not_cached(http, timer, decode_calls):
     """Refused tokens, and tokens accepted only thanks to the leeway on nbf, are verified every time."""
     authenticator = build_authenticator(make_settings(jwt_leeway=30), http, timer=timer)

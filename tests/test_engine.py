@@ -548,3 +548,58 @@ async def test_early_answer_during_upload() -> None:
         await until(lambda: engine.open_connections == 0)
         assert engine.idle_connections == 0
         finished.set()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+            id="gzip-chunked",
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n0\r\n\r\n", id="chunked-twice"
+        ),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            id="two-headers",
+        ),
+        pytest.param(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nzipped", id="gzip-until-close"),
+        pytest.param(b"HTTP/1.1 200 OK\r\ntransfer-encoding: xchunked\r\n\r\n0\r\n\r\n", id="xchunked"),
+        pytest.param(
+            b"HTTP/1.1 100 Continue\r\ntransfer-encoding: gzip\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            id="in-an-interim-answer",
+        ),
+    ],
+)
+async def test_transfer_codings_other_than_chunked_are_refused(answer: bytes) -> None:
+    """A transfer coding the engine does not undo is ProtocolError (found by the engine property: "gzip, chunked"
+    was de-chunked and its still-gzipped bytes delivered as the body, the header being hop-by-hop and dropped)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+
+    async with _raw_server(handler) as engine:
+        with pytest.raises(ProtocolError, match="Transfer-Encoding other than chunked"):
+            response = await engine.request("GET", "/", [], None, 5)
+            await response.read()
+
+
+async def test_trailers_are_not_headers() -> None:
+    """A chunked body's trailer fields are dropped, never added to the headers, however the bytes arrive."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\nx-kept: 1\r\n\r\n"
+            b"2\r\nok\r\n0\r\nset-cookie: a=b\r\nx-trailer: t\r\n\r\n"
+        )
+        await writer.drain()
+
+    async with _raw_server(handler) as engine:
+        response = await engine.request("GET", "/", [], None, 5)
+        assert await response.read() == b"ok"
+        response.release()
+        assert response.raw_headers == [(b"transfer-encoding", b"Chunked"), (b"x-kept", b"1")]

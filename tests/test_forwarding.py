@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import gzip
+import http.client
 import json
 import socket
 import subprocess
@@ -47,6 +48,23 @@ def test_head_is_forwarded_without_body(proxy_url: str, client: httpx.Client, bp
     assert response.status_code == 200
     assert response.content == b""
     assert bpoc_state.requests[-1].method == "HEAD"
+
+
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT"])
+def test_trace_and_connect_are_refused(proxy_url: str, bpoc_state: BpocState, method: str) -> None:
+    """TRACE would have BPOC echo the request it received, agency key included, back to the client; CONNECT asks
+    a reverse proxy for a tunnel (the engine read BPOC's answer as one and cut its body): 405, never forwarded."""
+    host, port = proxy_url.removeprefix("http://").rsplit(":", 1)
+    request = f"{method} {ECHO} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token_for()}\r\nConnection: close\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request.encode())
+        response = http.client.HTTPResponse(sock, method=method)
+        response.begin()
+        body = json.loads(response.read())
+    assert response.status == 405 and body["code"] == "method_not_allowed"
+    assert response.getheader("allow") == "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+    assert body["requestId"] == response.getheader("x-request-id")
+    assert bpoc_state.requests_to("/_sandbox") == []
 
 
 def test_query_string_passes_byte_for_byte(proxy_url: str, client: httpx.Client) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.errors import BadRequest
-from proxy.paths import METHOD_OVERRIDE_HEADERS, check_method_override, normalise_path
+from proxy.errors import BadRequest, MethodNotAllowed
+from proxy.paths import METHOD_OVERRIDE_HEADERS, check_method, check_method_override, normalise_path
 
 
 @pytest.mark.parametrize(
@@ -119,3 +119,18 @@ def test_method_override_absent_is_fine() -> None:
 def test_method_override_headers_are_lowercase() -> None:
     """The exported names are lowercase, as ASGI header names are."""
     assert all(name == name.lower() for name in METHOD_OVERRIDE_HEADERS)
+
+
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT", "trace"])
+def test_trace_and_connect_are_refused(method: str) -> None:
+    """TRACE (BPOC would echo the agency key back) and CONNECT (a tunnel) are 405, with the methods forwarded."""
+    with pytest.raises(MethodNotAllowed) as caught:
+        check_method(method)
+    assert caught.value.status_code == 405
+    assert caught.value.headers["Allow"] == "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "PROPFIND"])
+def test_other_methods_pass(method: str) -> None:
+    """Every other method is forwarded as it is."""
+    check_method(method)

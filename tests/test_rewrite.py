@@ -135,6 +135,8 @@ def test_reencoding(raw: bytes, expected: bytes) -> None:
         pytest.param(b'{"a": "\\ud800"}', "unpaired UTF-16 surrogate", id="lone-high-surrogate"),
         pytest.param(b'{"\\udc00": 1}', "unpaired UTF-16 surrogate", id="lone-surrogate-in-key"),
         pytest.param(b'{"a":' * 5000 + b"1" + b"}" * 5000, "nested too deeply", id="too-deep"),
+        pytest.param(b'\xef\xbb\xbf\xef\xbb\xbf{"a":1}', "at line 1, column 1", id="second-bom"),
+        pytest.param('\xef\xbb\xbf{"a":1}'.encode(), "at line 1, column 1", id="bom-read-as-latin-1"),
     ],
 )
 def test_decode_refuses_with_400(raw: bytes, message: str) -> None:

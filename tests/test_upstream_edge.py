@@ -124,6 +124,13 @@ def test_refused_connection_is_502(start_proxy: ProxyFactory, client: httpx.Clie
             id="two-lengths",
         ),
         pytest.param(
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n", True),
+            502,
+            "bad_gateway",
+            "BPOC could not be reached: BPOC sent a Transfer-Encoding other than chunked.",
+            id="gzip-transfer-coding",
+        ),
+        pytest.param(
             (b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n", False),
             502,
             "bad_gateway",
@@ -157,3 +164,18 @@ def test_break_after_the_status_line_truncates_the_response(
             with pytest.raises(httpx.RemoteProtocolError):
                 response.read()
         assert client.get(url + "/healthz").status_code == 200
+
+
+def test_trailers_never_become_headers(start_proxy: ProxyFactory, client: httpx.Client) -> None:
+    """A chunked answer's trailer fields are dropped (found by the engine property): merged into the headers, a
+    trailer could set a cookie the origin never sent as a header (RFC 9110 section 6.5.1)."""
+    answer = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-kept: 1\r\n\r\n"
+        b"2\r\nok\r\n0\r\nset-cookie: session=stolen\r\nx-trailer: t\r\n\r\n"
+    )
+    with raw_bpoc((answer, True)) as bpoc:
+        url = start_proxy(base_env(bpoc))
+        response = client.get(url + "/edge", headers=auth())
+    assert response.status_code == 200 and response.content == b"ok"
+    assert response.headers["x-kept"] == "1"
+    assert "set-cookie" not in response.headers and "x-trailer" not in response.headers

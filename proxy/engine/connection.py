@@ -38,6 +38,7 @@ class Connection(asyncio.Protocol):
         self._spare: httptools.HttpResponseParser | None = None
         self._drain: asyncio.Future[None] | None = None
         self._write_paused = False
+        self._trailers = False  # past the headers of the message being parsed
         #: Done when the socket is closed, whoever closed it.
         self.lost: asyncio.Future[None] = loop.create_future()
 
@@ -87,19 +88,27 @@ class Connection(asyncio.Protocol):
             # A second response to one request: the stream is out of step. Raising stops the parser.
             raise ProtocolError("BPOC sent more than one response to a request")
         self.response.raw_headers = []
+        self._trailers = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.response is not None
+        if self._trailers:
+            # llhttp reports a chunked body's trailer fields as headers. They are dropped: a trailer field must
+            # not become a header (RFC 9110 section 6.5.1), and uvicorn cannot send trailers on.
+            return
         self.response.raw_headers.append((name.lower(), value))  # lowered once, here, as ASGI wants them
 
     def on_headers_complete(self) -> None:
         assert self.response is not None and self._parser is not None
+        self._trailers = True  # until the next message begins, header callbacks are trailers
         status = self._parser.get_status_code()
         if status == 101:
             # Switching Protocols: the proxy never asks for an upgrade, so there is nothing to switch to.
             self.response.fail(ProtocolError("BPOC switched protocols, which the proxy does not support"))
         elif status >= 200:  # 100 Continue, 103 Early Hints are interim: the real response follows
             self.response.headers_complete(status, self._parser.should_keep_alive())
+        else:
+            self.response.interim_complete()
 
     def on_body(self, body: bytes) -> None:
         assert self.response is not None

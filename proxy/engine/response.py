@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 from .connection import Connection
 from .deadlines import Deadlines
-from .errors import ReadTimeout, RemoteClosed
+from .errors import ProtocolError, ReadTimeout, RemoteClosed
 
 RawHeaders = list[tuple[bytes, bytes]]
 #: What becomes of a connection when its response is done with: ``release(conn, reusable)``.
@@ -20,6 +20,16 @@ _LOW_WATER = 64 * 1024
 # Responses that never carry a body (RFC 9112 section 6.3): llhttp knows 1xx/204/304 but not that a HEAD
 # response's Content-Length describes a body that is not sent, and httptools gives no way to tell it.
 _NO_BODY_STATUS = frozenset({204, 304})
+
+
+def _only_chunked(value: bytes) -> bool:
+    # "gzip, chunked", chunked twice, "xchunked": a coding the engine does not undo would reach the client as if
+    # it were the body, Transfer-Encoding being hop-by-hop (dropped). h11 refuses the same, 1xx answers included.
+    return value.strip().lower() == b"chunked"
+
+
+def _coding_refused() -> ProtocolError:
+    return ProtocolError("BPOC sent a Transfer-Encoding other than chunked")
 
 
 class EngineResponse:
@@ -66,7 +76,10 @@ class EngineResponse:
             if name == b"content-length":
                 self.content_length = int(value)
             elif name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
+                if chunked or not _only_chunked(value):
+                    self.fail(_coding_refused())
+                    return
+                chunked = True
         if self._head or status in _NO_BODY_STATUS:
             self.content_length = 0 if status in _NO_BODY_STATUS else self.content_length
             self.complete(keep_alive)
@@ -74,6 +87,11 @@ class EngineResponse:
             self._until_close = self.content_length is None and not chunked
         if not self._headers.done():
             self._headers.set_result(None)
+
+    def interim_complete(self) -> None:
+        """An interim (1xx) response's headers are in: skipped, unless they name a coding that is refused."""
+        if any(n == b"transfer-encoding" and not _only_chunked(v) for n, v in self.raw_headers):
+            self.fail(_coding_refused())
 
     def body_received(self, data: bytes) -> None:
         if self._done:
