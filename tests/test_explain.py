@@ -123,9 +123,15 @@ def _explain(case: Case, rules: Path, *, carried: bool, capsys: pytest.CaptureFi
     return Outcome(verdict["outcome"], verdict["status"], body)
 
 
-def _compare(
+COMPARISONS = [
+    *(pytest.param(case, True, id=f"session-facts-{key}") for key, case in CASES.items()),
+    *(pytest.param(case, False, id=f"directory-{key}") for key, case in {**CASES, **NEEDS_DIRECTORY}.items()),
+]
+
+
+@pytest.mark.parametrize(("case", "carried"), COMPARISONS)
+def test_explain_agrees_with_the_proxy(
     case: Case,
-    *,
     carried: bool,
     start_proxy: ProxyFactory,
     bpoc_url: str,
@@ -134,6 +140,9 @@ def _compare(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """The same request through the live proxy and through explain: same outcome, status and body sent. With the
+    facts in the session (recruiter ID and role claims), explain runs offline, given them; with an email only,
+    explain --directory reads BPOC's directory for the ID, the role and the roster, as the proxy does."""
     rules = tmp_path / "rules.yaml"
     rules.write_text(case.rules or (ROOT / "rules.yaml").read_text())
     env = base_env(bpoc_url, PROXY_RULES=str(rules), PROXY_MAX_BODY_BYTES="256")
@@ -141,49 +150,3 @@ def _compare(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert _explain(case, rules, carried=carried, capsys=capsys) == live
-
-
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_explain_agrees_with_the_proxy_for_a_session_carrying_its_facts(
-    case: Case,
-    start_proxy: ProxyFactory,
-    bpoc_url: str,
-    bpoc_state: BpocState,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """Recruiter ID and role in the session; explain offline, given the same facts."""
-    _compare(
-        case,
-        carried=True,
-        start_proxy=start_proxy,
-        bpoc_url=bpoc_url,
-        bpoc_state=bpoc_state,
-        tmp_path=tmp_path,
-        monkeypatch=monkeypatch,
-        capsys=capsys,
-    )
-
-
-@pytest.mark.parametrize("case", {**CASES, **NEEDS_DIRECTORY}.values(), ids=[*CASES, *NEEDS_DIRECTORY])
-def test_explain_with_the_directory_agrees_with_the_proxy(
-    case: Case,
-    start_proxy: ProxyFactory,
-    bpoc_url: str,
-    bpoc_state: BpocState,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """Email only in the session; explain --directory reads BPOC's directory for the ID, the role and the roster."""
-    _compare(
-        case,
-        carried=False,
-        start_proxy=start_proxy,
-        bpoc_url=bpoc_url,
-        bpoc_state=bpoc_state,
-        tmp_path=tmp_path,
-        monkeypatch=monkeypatch,
-        capsys=capsys,
-    )
