@@ -138,11 +138,14 @@ def _check(args: argparse.Namespace) -> int:
         f"  sessions: {settings.auth_mode}, header {settings.session_header}, cookie {settings.session_cookie}"
     )
     print(f"  rate limit: {summary(settings)}")
+    admin = (
+        f"{settings.admin_host}:{settings.admin_port}" if settings.admin_port else "off (PROXY_ADMIN_PORT=0)"
+    )
+    print(f"  admin listener: {admin}, metrics {'on' if settings.metrics else 'off'}")
+    print(
+        f"  upstream pool: {settings.upstream_max_connections} connections per worker, {settings.workers} worker(s)"
+    )
     print(f"rules: OK  ({settings.rules_path}: {len(rules.rules)} rules, {len(rules.routes)} routes)")
-    if settings.admin_port:
-        print(
-            f"  admin listener: {settings.admin_host}:{settings.admin_port}, metrics {'on' if settings.metrics else 'off'}"
-        )
     for line in rules.describe():
         print(f"  {line}")
     overlaps = rules.overlaps()
