@@ -33,6 +33,8 @@ def head_too_large() -> HeadersTooLarge:
 
 def malformed(reason: str) -> BadRequest:
     """A request the HTTP parser refused; ``reason`` is the parser's, such as "Duplicate Content-Length"."""
+    if "PRI" in reason:  # llhttp stops at the HTTP/2 connection preface ("PRI * HTTP/2.0")
+        return BadRequest("The proxy speaks HTTP/1.1; an HTTP/2 connection preface is not accepted.")
     return BadRequest(
         f"The request is not valid HTTP: {reason}" if reason else "The request is not valid HTTP."
     )

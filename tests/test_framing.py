@@ -463,3 +463,12 @@ def test_a_refused_head_request_gets_headers_only(proxy: str) -> None:
     assert status_line == b"HTTP/1.1 400 Bad Request"
     assert b"x-request-id: framing-1" in headers.split(b"\r\n")
     assert after == b""
+
+
+def test_an_http2_preface_is_refused_in_words_a_client_understands(proxy: str, bpoc_state: BpocState) -> None:
+    """An HTTP/2 client (prior knowledge) gets the JSON refusal naming HTTP/1.1, and nothing reaches BPOC."""
+    reply = refused(proxy, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    assert (
+        reply.refusal()["error"] == "The proxy speaks HTTP/1.1; an HTTP/2 connection preface is not accepted."
+    )
+    assert received_after(proxy, bpoc_state) == []
