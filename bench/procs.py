@@ -77,11 +77,19 @@ _PR_SET_PDEATHSIG = 1
 _LIBC = _libc()
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port free now and not given out before in this run: a server spawned earlier may not have bound the port
+    it was given yet, and the kernel would hand the same one out again."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((HOST, 0))
+            port: int = sock.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def child_env(extra: Mapping[str, str]) -> dict[str, str]:
