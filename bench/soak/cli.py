@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--interval", type=float, help=f"seconds between report rows (default {DEFAULT.interval:g})"
     )
+    parser.add_argument(
+        "--upstream-keepalive-requests",
+        type=int,
+        help="the upstream closes each connection after N requests, as nginx does (default: never)",
+    )
     parser.add_argument("--loadgen", choices=("wrk", "python"), help="default: wrk if installed, else Python")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument(
@@ -52,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "connections": args.connections,
         "callers": args.callers,
         "interval": args.interval,
+        "keepalive_requests": args.upstream_keepalive_requests,
         "loadgen": args.loadgen,
         "results_dir": args.results_dir,
     }

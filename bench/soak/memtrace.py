@@ -1,16 +1,19 @@
 """``python -m bench.soak.memtrace serve``: ``bpoc-proxy serve`` with tracemalloc on, for finding what grows.
 
 Honoured only here, never by the proxy itself: when BENCH_TRACEMALLOC names a file, tracemalloc starts before
-the proxy is imported (BENCH_TRACEMALLOC_FRAMES frames per allocation, default 8), a first snapshot is taken
+the proxy is imported (BENCH_TRACEMALLOC_FRAMES frames per allocation, default 1), a first snapshot is taken
 after BENCH_TRACEMALLOC_INTERVAL seconds (default 30: start-up and warm-up are not growth), and then every
 interval the difference to it is appended to the file: the traced total, the process's RSS, and the biggest
-growths by line and by call stack. ``python -m bench soak --tracemalloc`` sets all three. With one worker,
-uvicorn serves in this process, so the traced heap is the serving one. Expect the proxy to run at a third or
-less of its usual rate while traced.
+growths by line (and by call stack, with more than one frame). ``python -m bench soak --tracemalloc`` sets the
+file and the interval (a quarter of the run). With one worker, uvicorn serves in this process, so the traced
+heap is the serving one. The proxy runs several times slower while traced, and slower still with more frames;
+a snapshot holds the interpreter for a moment, and it and the comparison take memory of their own (the RSS
+figures here jump by tens of MB; the soak's own RSS figures do not apply to a traced run).
 """
 
 from __future__ import annotations
 
+import linecache
 import os
 import sys
 import threading
@@ -24,6 +27,7 @@ _IGNORED = (
     tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
     tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
     tracemalloc.Filter(False, "<unknown>"),
+    tracemalloc.Filter(False, linecache.__file__),  # the source lines of this file's own reports
 )
 _TOP_LINES, _TOP_STACKS = 25, 8
 
@@ -32,7 +36,7 @@ def main() -> int:
     target = os.environ.get("BENCH_TRACEMALLOC")
     if target:
         interval = float(os.environ.get("BENCH_TRACEMALLOC_INTERVAL", "30"))
-        tracemalloc.start(int(os.environ.get("BENCH_TRACEMALLOC_FRAMES", "8")))
+        tracemalloc.start(int(os.environ.get("BENCH_TRACEMALLOC_FRAMES", "1")))
         thread = threading.Thread(target=_watch, args=(Path(target), interval), daemon=True)
         thread.start()
     from proxy.cli import main as proxy_main
@@ -65,6 +69,9 @@ def _dump(out: TextIO, snapshot: tracemalloc.Snapshot, base: tracemalloc.Snapsho
     out.write(f"traced growth {grown / 1024:+.1f} KiB\n")
     for stat in lines[:_TOP_LINES]:
         out.write(f"{stat}\n")
+    if tracemalloc.get_traceback_limit() < 2:
+        out.flush()
+        return
     out.write("\n### by call stack\n")
     for stat in snapshot.compare_to(base, "traceback")[:_TOP_STACKS]:
         out.write(f"{stat.size_diff / 1024:+.1f} KiB, {stat.count_diff:+d} blocks\n")

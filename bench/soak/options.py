@@ -15,6 +15,7 @@ class SoakOptions:
     connections: int = 200
     callers: int = 16  # portal users, each with its own session and recruiter
     interval: float = 30.0  # seconds between the report's rows
+    keepalive_requests: int = 0  # the upstream closes a connection after this many requests (0: never)
     loadgen: Tool | None = None  # None: wrk if installed, else Python
     pin: bool = True
     tracemalloc: bool = False

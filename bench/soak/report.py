@@ -40,7 +40,8 @@ def _totals(result: SoakResult) -> list[str]:
     if result.tally:
         received = result.tally["received"]
         kinds = ", ".join(f"{kind} {n:,}" for kind, n in sorted(received.items()))
-        lines.append(f"at the upstream   {kinds}")
+        opened = result.tally.get("connections", {}).get("opened", 0)
+        lines.append(f"at the upstream   {kinds}; over {opened:,} connections")
         reasons = ", ".join(f"{reason} {n:,}" for reason, n in result.tally["unattributed"].items())
         lines.append(f"unattributed      {result.unattributed:,} of {result.bodies():,} bodies ({reasons})")
     half, end, growth = result.rss_half_mb(), result.rss_end_mb(), result.rss_growth_mb()

@@ -73,6 +73,7 @@ def _servers(
     try:
         port = free_port()
         argv = ["python", "-m", "bench.soak.upstream", "--port", str(port), "--callers", str(options.callers)]
+        argv += ["--keepalive-requests", str(options.keepalive_requests)]
         upstream = spawn("soak upstream", argv, port=port, logs=workdir, cores=cores.load)
         servers.append(upstream)
         upstream.wait_ready(TALLY_PATH)
@@ -93,12 +94,15 @@ def _proxy_command(
     plan = FleetPlan(workdir, cores, None, 0, JWT_SECRET, ROOT / "rules.yaml")
     env = proxy_env(plan, upstream, port, workers=1)
     env.pop("RECRUITER_SYNC_INTERVAL", None)  # the production default: the directory is read again meanwhile
-    env["PROXY_ADMIN_PORT"] = "0"  # no admin listener: /healthz on the main one, whichever version this is
+    # The admin listener (and its metrics) on, as in production, never on its default port; a proxy without
+    # one ignores these. Readiness is read from the main port's /healthz, which both versions answer.
+    env.setdefault("PROXY_ADMIN_HOST", HOST)
+    env.setdefault("PROXY_ADMIN_PORT", str(free_port()))
     if trace is None:
         return env, ["python", "-m", "proxy", "serve"]
     trace.parent.mkdir(parents=True, exist_ok=True)
     env["BENCH_TRACEMALLOC"] = str(trace)
-    env["BENCH_TRACEMALLOC_INTERVAL"] = f"{max(5.0, min(60.0, options.duration / 5)):g}"
+    env["BENCH_TRACEMALLOC_INTERVAL"] = f"{max(5.0, options.duration / 4):g}"  # baseline at a quarter
     return env, ["python", "-m", "bench.soak.memtrace", "serve"]
 
 
@@ -249,6 +253,7 @@ def _settings(options: SoakOptions) -> dict[str, Any]:
         "connections": options.connections,
         "callers": options.callers,
         "interval_s": options.interval,
+        "upstream_keepalive_requests": options.keepalive_requests,
         "mix": {"attributed POST": 0.6, "spoofed POST": 0.1, "pass-through GET": 0.3},
         "proxy_workers": 1,
         "tracemalloc": options.tracemalloc,

@@ -13,7 +13,10 @@ recruiter ID of the caller its ``soakCaller`` names. Anything else is counted as
 ``wrong_id`` (any other ID), ``duplicate`` (the key more than once: a reader taking the first could be fooled),
 ``unreadable`` (not a JSON object, or no valid ``soakCaller``).
 
-Run: ``python -m bench.soak.upstream --port N --callers N``.
+With ``--keepalive-requests N`` it closes each connection after its Nth answer (``Connection: close``), as
+nginx does after ``keepalive_requests`` (1000 by default), so that the proxy's connections to it turn over.
+
+Run: ``python -m bench.soak.upstream --port N --callers N [--keepalive-requests N]``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import httptools
 
 from .. import aio
 from ..cases import JOB_PATH
-from .callers import CALLER_FIELD, KIND_FIELD, callers, directory_json, spoofed_id
+from .callers import CALLER_FIELD, DIRECTORY_PATH, KIND_FIELD, callers, directory_json, spoofed_id
 
 TALLY_PATH = "/__soak/tally"
 SMALL_JSON = b'{"ok":true,"id":"job-4711","status":"created"}'
@@ -43,6 +46,7 @@ class Tally:
         self._spoofs = [spoofed_id(caller, count) for caller in self._people]
         self.received: Counter[str] = Counter()
         self.unattributed: Counter[str] = Counter()
+        self.connections = 0  # that carried a request from the proxy: how often it opened a new one
 
     def job(self, body: bytes) -> None:
         verdict, kind = self._judge(body)
@@ -75,6 +79,7 @@ class Tally:
         document: dict[str, Any] = {
             "received": dict(self.received),
             "unattributed": {reason: self.unattributed[reason] for reason in UNATTRIBUTED},
+            "connections": {"opened": self.connections},
         }
         return json.dumps(document).encode()
 
@@ -88,13 +93,15 @@ def _response(body: bytes, keep_alive: bool) -> bytes:
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, tally: Tally, directory: bytes) -> None:
+    def __init__(self, tally: Tally, directory: bytes, keepalive_requests: int) -> None:
         self._tally = tally
         self._directory = directory
+        self._left = keepalive_requests or -1  # requests before it closes the connection (-1: never)
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._url = b""
         self._body: list[bytes] = []
+        self._counted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
@@ -121,7 +128,8 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        keep_alive = self._parser.should_keep_alive()
+        self._left -= 1
+        keep_alive = self._parser.should_keep_alive() and self._left != 0
         path = self._url.split(b"?", 1)[0].decode("latin-1")
         method = self._parser.get_method().decode("latin-1")
         answer = self._answer(method, path)
@@ -133,9 +141,12 @@ class _Connection(asyncio.Protocol):
     def _answer(self, method: str, path: str) -> bytes:
         if method == "GET" and path == TALLY_PATH:
             return self._tally.as_json()
+        if not self._counted:
+            self._counted = True
+            self._tally.connections += 1
         if method == "POST" and path == JOB_PATH:
             self._tally.job(b"".join(self._body))
-        elif method == "GET" and path == "/api/v1/agency/recruiters":
+        elif method == "GET" and path == DIRECTORY_PATH:
             self._tally.received["directory"] += 1
             return self._directory
         else:
@@ -143,10 +154,12 @@ class _Connection(asyncio.Protocol):
         return SMALL_JSON
 
 
-async def serve(port: int, count: int) -> None:
+async def serve(port: int, count: int, keepalive_requests: int) -> None:
     tally, directory = Tally(count), directory_json(count)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _Connection(tally, directory), "127.0.0.1", port, backlog=1024)
+    server = await loop.create_server(
+        lambda: _Connection(tally, directory, keepalive_requests), "127.0.0.1", port, backlog=1024
+    )
     async with server:
         await server.serve_forever()
 
@@ -155,9 +168,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--callers", type=int, required=True)
+    parser.add_argument(
+        "--keepalive-requests", type=int, default=0, help="close a connection after N requests (0: never)"
+    )
     args = parser.parse_args()
     try:
-        aio.run(serve(args.port, args.callers))
+        aio.run(serve(args.port, args.callers, args.keepalive_requests))
     except KeyboardInterrupt:
         pass
 
