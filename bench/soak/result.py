@@ -51,10 +51,6 @@ class SoakResult:
     def unattributed(self) -> int | None:
         return sum(self.tally["unattributed"].values()) if self.tally else None
 
-    def received(self) -> int:
-        """Requests the upstream received (the harness's own reads of its counts aside)."""
-        return sum(self.tally.get("received", {}).values())
-
     def bodies(self) -> int:
         received = self.tally.get("received", {})
         return sum(n for kind, n in received.items() if kind in ("attributed", "spoofed", "unmarked"))

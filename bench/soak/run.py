@@ -122,38 +122,30 @@ def _soak(
         return
     watched = Watched(proxy.pid)
     result.baseline_fds, result.baseline_rss_mb = watched.fds(), watched.rss_mb()
-    trees = {"proxy": ProcessTree(proxy.pid), "upstream": ProcessTree(upstream.pid)}
-    cpu = {name: tree.cpu_seconds() for name, tree in trees.items()}
     say(
         f"{options.duration:g} s of load: {options.connections} connections, {options.callers} callers, {tool}; "
         f"proxy {result.baseline_rss_mb:.1f} MB, {result.baseline_fds} descriptors before it"
     )
-    load = MixLoad(
-        tool, proxy.url, raw_requests(HOST, port, tokens), options.connections, options.duration, workdir,
-        cores.load,
-    )  # fmt: skip
+    requests = raw_requests(HOST, port, tokens)
+    load = MixLoad(tool, proxy.url, requests, options.connections, options.duration, workdir, cores.load)
     try:
-        _watch(result, options, load, watched, upstream)
-        result.load = load.result(timeout=60)
-    except (OSError, RuntimeError) as exc:
+        _during(result, options, load, watched, {"proxy": proxy, "upstream": upstream})
+        _after(result, options, watched, upstream)
+    except (OSError, RuntimeError) as exc:  # the proxy died, or the load generator failed
         load.stop()
         result.error = f"{type(exc).__name__}: {exc}"
-        return
-    finally:
-        for name, tree in trees.items():
-            result.cpu_percent[name] = 100 * (tree.cpu_seconds() - cpu[name]) / max(result.load_seconds, 1e-9)
-    result.fd_settle_s, result.after = watched.wait_fds(result.baseline_fds, options.fd_wait_s)
-    settled = f"{result.fd_settle_s:.1f} s" if result.fd_settle_s is not None else "not yet"
-    say(f"load done; descriptors back to {result.baseline_fds} after: {settled}")
-    result.tally = _tally(upstream)
 
 
-def _watch(
-    result: SoakResult, options: SoakOptions, load: MixLoad, watched: Watched, upstream: Server
+def _during(
+    result: SoakResult, options: SoakOptions, load: MixLoad, watched: Watched, servers: dict[str, Server]
 ) -> None:
-    """Read the proxy every second while the load runs, and add a row every ``interval`` seconds."""
+    """Read the proxy every second while the load runs, with a row every ``interval`` seconds; then the load's
+    figures, and each server's CPU over it."""
+    trees = {name: ProcessTree(server.pid) for name, server in servers.items()}
+    cpu = {name: tree.cpu_seconds() for name, tree in trees.items()}
+    upstream = servers["upstream"]
     started = time.monotonic()
-    next_row, received = options.interval, (0, 0.0)
+    next_row, received = options.interval, (_received(upstream), 0.0)
     while load.running():
         now = time.monotonic() - started
         result.samples.append(watched.sample(now))
@@ -164,11 +156,27 @@ def _watch(
     result.load_seconds = time.monotonic() - started
     result.samples.append(watched.sample(result.load_seconds))
     _row(result, result.load_seconds, received, upstream)
+    for name, tree in trees.items():
+        result.cpu_percent[name] = 100 * (tree.cpu_seconds() - cpu[name]) / result.load_seconds
+    result.load = load.result(timeout=60)
+
+
+def _after(result: SoakResult, options: SoakOptions, watched: Watched, upstream: Server) -> None:
+    """The descriptors until they are back to the pre-load count, then what the upstream received in all."""
+    result.fd_settle_s, result.after = watched.wait_fds(result.baseline_fds, options.fd_wait_s)
+    settled = f"{result.fd_settle_s:.1f} s" if result.fd_settle_s is not None else "not yet"
+    say(f"load done; descriptors back to {result.baseline_fds} after: {settled}")
+    result.tally = _tally(upstream)
+
+
+def _received(upstream: Server) -> int:
+    """Requests the upstream has received so far."""
+    return sum(_tally(upstream)["received"].values())
 
 
 def _row(result: SoakResult, now: float, previous: tuple[int, float], upstream: Server) -> tuple[int, float]:
     sample = result.samples[-1]
-    received = sum(_tally(upstream)["received"].values())
+    received = _received(upstream)
     rate = (received - previous[0]) / max(now - previous[1], 1e-9)
     result.rows.append(Row(now, sample.rss_mb, sample.fds, received, rate))
     say(
