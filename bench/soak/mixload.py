@@ -1,7 +1,7 @@
 """The soak's load: the callers' mix of requests over N keep-alive connections, by wrk or bench/loadgen.py,
 started in the background so that the harness can watch the proxy meanwhile.
 
-wrk is the default: one wrk thread keeps 200 connections busy at the proxy's full rate for a few percent of the
+wrk is the default: one wrk thread keeps 200 connections busy at the proxy's full rate for a small share of the
 load core, where the Python load generator needs most of a core for a few thousand requests a second and would
 leave the proxy waiting (bench/README.md, "The soak"). wrk sends the mix from a Lua ``request`` function that
 hands out pre-built raw requests in turn.
@@ -71,7 +71,8 @@ class MixLoad:
 
 
 def mix_lua(requests: Sequence[bytes]) -> str:
-    """A wrk script sending ``requests`` in turn across all connections (one wrk thread: one Lua state)."""
+    """A wrk script sending ``requests`` in turn across a thread's connections (each wrk thread has a Lua state
+    and a turn of its own, so the mix holds exactly in each thread)."""
     table = ",\n".join(_lua_bytes(raw) for raw in requests)
     return (
         f"""
