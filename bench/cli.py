@@ -17,6 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark bpoc-proxy against a Starlette ceiling, nginx and two forwarding engines.",
+        epilog="python -m bench soak [--duration S] ...: the soak (python -m bench soak --help).",
     )
     parser.add_argument(
         "--quick",
@@ -44,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["soak"]:
+        from .soak.cli import main as soak
+
+        return soak(argv[1:])
     args = _parser().parse_args(argv)
     options = QUICK if args.quick else FULL
     given = {

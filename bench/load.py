@@ -41,6 +41,7 @@ class LoadResult:
     seconds: float
     p50_ms: float
     p99_ms: float
+    timeouts: int = 0  # of ``errors``: requests unanswered within the tool's timeout (wrk only)
 
     @property
     def ok(self) -> int:
@@ -61,7 +62,9 @@ def run_load(
     body_file = workdir / "load-body"
     body_file.write_bytes(load.body)
     if tool == "wrk":
-        command = _wrk_command(load, connections, seconds, body_file, workdir, cores)
+        script = workdir / "load.lua"
+        script.write_text(_lua(load, body_file))
+        command = wrk_command(script, load.url, connections, seconds, cores)
     else:
         command = _python_command(load, connections, seconds, body_file)
     done = subprocess.run(
@@ -74,9 +77,14 @@ def run_load(
         check=False,
         preexec_fn=pinned(cores),
     )
-    line = next((x for x in reversed(done.stdout.splitlines()) if x.startswith("{")), None)
-    if done.returncode != 0 or line is None:
-        raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return parse_result(tool, done.returncode, done.stdout, done.stderr)
+
+
+def parse_result(tool: Tool, returncode: int, stdout: str, stderr: str) -> LoadResult:
+    """The figures from the last JSON line the tool printed (wrk's ``done`` in DONE_LUA, or bench.loadgen)."""
+    line = next((x for x in reversed(stdout.splitlines()) if x.startswith("{")), None)
+    if returncode != 0 or line is None:
+        raise RuntimeError(f"{tool} failed ({returncode}): {stdout[-2000:]}{stderr[-2000:]}")
     raw = json.loads(line)
     return LoadResult(
         requests=int(raw["requests"]),
@@ -85,6 +93,7 @@ def run_load(
         seconds=float(raw["seconds"]),
         p50_ms=float(raw["p50_us"]) / 1000,
         p99_ms=float(raw["p99_us"]) / 1000,
+        timeouts=int(raw.get("timeouts", 0)),
     )
 
 
@@ -96,11 +105,9 @@ def _python_command(load: Load, connections: int, seconds: float, body_file: Pat
     return command
 
 
-def _wrk_command(
-    load: Load, connections: int, seconds: float, body_file: Path, workdir: Path, cores: frozenset[int] | None
+def wrk_command(
+    script: Path, url: str, connections: int, seconds: float, cores: frozenset[int] | None
 ) -> list[str]:
-    script = workdir / "load.lua"
-    script.write_text(_lua(load, body_file))
     threads = max(1, min(connections, len(cores) if cores else 2))
     duration = f"{max(1, math.ceil(seconds))}s"
     return [
@@ -115,32 +122,40 @@ def _wrk_command(
         "10s",
         "-s",
         str(script),
-        load.url,
+        url,
     ]
 
 
-def _lua_string(text: str) -> str:
+def lua_string(text: str) -> str:
     """A Lua long string; inside brackets it needs spaces around it (``t[ [==[k]==] ]``), as ``[[`` opens one."""
     return "[==[" + text + "]==]"
 
 
+# wrk's ``done``: one JSON line with the fields parse_result reads. wrk counts a status >= 400 as an error.
+DONE_LUA = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests":%d,"non_2xx":%d,"errors":%d,"timeouts":%d,"seconds":%f,"p50_us":%d,"p99_us":%d}\\n',
+    summary.requests, e.status, e.connect + e.read + e.write + e.timeout, e.timeout, summary.duration / 1e6,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
 def _lua(load: Load, body_file: Path) -> str:
-    headers = "\n".join(f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in load.headers)
-    return f"""
-wrk.method = {_lua_string(load.method)}
-local f = io.open({_lua_string(str(body_file))}, "rb")
+    headers = "\n".join(f"wrk.headers[ {lua_string(k)} ] = {lua_string(v)}" for k, v in load.headers)
+    return (
+        f"""
+wrk.method = {lua_string(load.method)}
+local f = io.open({lua_string(str(body_file))}, "rb")
 local body = f:read("*a")
 f:close()
 if #body > 0 then wrk.body = body end
 {headers}
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '{{"requests":%d,"non_2xx":%d,"errors":%d,"seconds":%f,"p50_us":%d,"p99_us":%d}}\\n',
-    summary.requests, e.status, e.connect + e.read + e.write + e.timeout, summary.duration / 1e6,
-    latency:percentile(50), latency:percentile(99)))
-end
 """
+        + DONE_LUA
+    )
 
 
 def probe(load: Load, timeout: float = 10.0) -> tuple[int, bytes]:

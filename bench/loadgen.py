@@ -1,19 +1,25 @@
 """The Python load generator, used when wrk is missing (and by ``--quick``): keep-alive HTTP/1.1 connections,
 each sending the same request again as soon as the answer is in, for a fixed time.
 
+With ``--requests-file F`` (a JSON list of raw HTTP/1.1 requests as latin-1 strings) it sends those in turn
+instead, in order across all connections, for a mix of requests (``python -m bench soak``).
+
 It prints one JSON line, the same fields bench/load.py reads from wrk: requests, non-2xx answers, socket errors,
 seconds, p50 and p99 latency in microseconds. It is slower than wrk (a Python client saturates one core at a
 few thousand requests/s), so figures measured with it are a floor, and the benchmark says so.
 
-Run: ``python -m bench.loadgen URL --method POST --body-file F --header 'Name: value' -c 64 -d 5``.
+Run: ``python -m bench.loadgen URL --method POST --body-file F --header 'Name: value' -c 64 -d 5``, or
+``python -m bench.loadgen URL --requests-file F -c 200 -d 60`` (URL gives the host and port).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -68,7 +74,7 @@ def build_request(url: str, method: str, body: bytes, headers: list[str]) -> tup
     return host, port, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-async def _connection(host: str, port: int, request: bytes, deadline: float, tally: Tally) -> None:
+async def _connection(host: str, port: int, requests: Iterator[bytes], deadline: float, tally: Tally) -> None:
     loop = asyncio.get_running_loop()
     while time.monotonic() < deadline:
         try:
@@ -82,7 +88,7 @@ async def _connection(host: str, port: int, request: bytes, deadline: float, tal
             while time.monotonic() < deadline:
                 client.answer = loop.create_future()
                 started = time.perf_counter_ns()
-                client.transport.write(request)
+                client.transport.write(next(requests))
                 try:
                     status = await client.answer
                 except ConnectionError:
@@ -108,10 +114,18 @@ async def run(
     url: str, method: str, body: bytes, headers: list[str], connections: int, seconds: float
 ) -> dict[str, float]:
     host, port, request = build_request(url, method, body, headers)
+    return await run_mix(host, port, [request], connections, seconds)
+
+
+async def run_mix(
+    host: str, port: int, requests: list[bytes], connections: int, seconds: float
+) -> dict[str, float]:
+    """``requests`` in turn over ``connections`` keep-alive connections for ``seconds``; the JSON line's fields."""
+    turns = itertools.cycle(requests)  # shared: one event loop, so the mix holds across connections
     tally = Tally()
     started = time.monotonic()
     deadline = started + seconds
-    await asyncio.gather(*(_connection(host, port, request, deadline, tally) for _ in range(connections)))
+    await asyncio.gather(*(_connection(host, port, turns, deadline, tally) for _ in range(connections)))
     elapsed = time.monotonic() - started
     latencies = sorted(tally.latencies_ns)
     return {
@@ -130,11 +144,17 @@ def main() -> None:
     parser.add_argument("--method", default="GET")
     parser.add_argument("--body-file", type=Path)
     parser.add_argument("--header", action="append", default=[])
+    parser.add_argument("--requests-file", type=Path, help="a JSON list of raw requests to send in turn")
     parser.add_argument("-c", "--connections", type=int, default=64)
     parser.add_argument("-d", "--duration", type=float, default=5.0)
     args = parser.parse_args()
-    body = args.body_file.read_bytes() if args.body_file else b""
-    result = aio.run(run(args.url, args.method, body, args.header, args.connections, args.duration))
+    if args.requests_file:
+        host, port, _ = build_request(args.url, "GET", b"", [])
+        raw = [text.encode("latin-1") for text in json.loads(args.requests_file.read_text())]
+        result = aio.run(run_mix(host, port, raw, args.connections, args.duration))
+    else:
+        body = args.body_file.read_bytes() if args.body_file else b""
+        result = aio.run(run(args.url, args.method, body, args.header, args.connections, args.duration))
     print(json.dumps(result))
 
 

@@ -133,9 +133,10 @@ def to_json(results: Results, targets: list[Target], ceiling: str) -> dict[str, 
     }
 
 
-def write_json(document: dict[str, Any], directory: Path) -> Path:
+def write_json(document: dict[str, Any], directory: Path, stamp: str | None = None) -> Path:
+    """``document`` as ``directory/<stamp>.json`` (default stamp: the UTC time now), never over an older file."""
     directory.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = stamp or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = directory / f"{stamp}.json"
     suffix = 1
     while path.exists():
