@@ -23,6 +23,7 @@ UPSTREAM, SINK, CEILING = "upstream", "sink", "ceiling"
 ENGINE_AIOHTTP, ENGINE_HTTPX = "engine_aiohttp", "engine_httpx"
 PROXY_1, PROXY_2, PROXY_UPLOAD = "proxy_x1", "proxy_x2", "proxy_upload"
 PROXY_1_NO_METRICS = "proxy_x1_no_metrics"  # PROXY_METRICS=false: what the metrics cost (issue 10)
+PROXY_1_PLAIN_WRITES = "proxy_x1_plain_writes"  # without the head-holding transport: what it saves (issue 9)
 
 CEILING_CASE = "ceiling_post"
 DIRECT_POST, DIRECT_GET = "upstream_post", "upstream_get"
@@ -32,6 +33,7 @@ ATTRIBUTED_CACHE, ATTRIBUTED_SESSION, PASS_THROUGH = (
     "proxy_x1_get",
 )
 ATTRIBUTED_NO_METRICS = "proxy_x1_post_cache_no_metrics"
+ATTRIBUTED_PLAIN_WRITES = "proxy_x1_post_cache_plain_writes"
 DOWNLOAD_DIRECT, DOWNLOAD_PROXY = "download_direct", "download_proxy"
 UPLOAD_DIRECT, UPLOAD_PROXY = "upload_direct", "upload_proxy"
 
@@ -106,6 +108,12 @@ def throughput_cases(urls: Mapping[str, str], tokens: Tokens) -> list[Case]:
             ATTRIBUTED_NO_METRICS,
             "proxy x1, metrics off: attributed POST, from cache",
             PROXY_1_NO_METRICS,
+            cached,
+        ),
+        post(
+            ATTRIBUTED_PLAIN_WRITES,
+            "proxy x1, head and body in two writes: attributed POST",
+            PROXY_1_PLAIN_WRITES,
             cached,
         ),
         get(PASS_THROUGH, "proxy x1: pass-through GET", PROXY_1),

@@ -5,6 +5,7 @@
 - ceiling, engine_httpx, engine_aiohttp: the comparison apps, on the server core;
 - proxy_x1: ``python -m proxy serve`` with one worker on the server core, in front of the upstream;
 - proxy_x1_no_metrics: proxy_x1 with PROXY_METRICS=false, for the metrics' cost;
+- proxy_x1_plain_writes: proxy_x1 without the head-holding transport (bench/plain_writes.py), for what it saves;
 - proxy_x2: the same with PROXY_WORKERS=2, on every core;
 - proxy_upload: one worker on the server core, in front of the sink.
 """
@@ -120,6 +121,13 @@ def _start(plan: FleetPlan, fleet: Fleet) -> None:
         port = free_port()
         env = proxy_env(plan, target, port, workers, metrics)
         add(key, spawn(key, ["python", "-m", "proxy", "serve"], port=port, logs=logs, env=env, cores=cores))
+    port = free_port()
+    env = proxy_env(plan, upstream, port, 1, True)
+    argv = ["python", "-m", "bench.plain_writes"]
+    add(
+        cases.PROXY_1_PLAIN_WRITES,
+        spawn("proxy_x1_plain_writes", argv, port=port, logs=logs, env=env, cores=server_core),
+    )
 
 
 def _python_upstream(

@@ -33,6 +33,7 @@ def evaluate(results: Results) -> list[Target]:
     idle = max(results.idle_rss_mb.values(), default=None)
     matcher = worst_ratio(results.matcher) if results.matcher else None
     metrics_cost = _difference(results, attributed, cases.ATTRIBUTED_NO_METRICS, "cpu_us_per_request")
+    held_heads = _difference(results, cases.ATTRIBUTED_PLAIN_WRITES, attributed, "cpu_us_per_request")
     return [
         Target(
             "attributed POST throughput vs ceiling",
@@ -89,6 +90,14 @@ def evaluate(results: Results) -> list[Target]:
             "x ceiling req/s",
         ),
         Target("metrics' CPU cost per attributed POST (on - off)", metrics_cost, "<=", 10.0, "us"),
+        # Issue 9: the head-holding transport stays only if it saves at least 5 us per attributed POST.
+        Target(
+            "head-holding transport's saving per attributed POST (two writes - one)",
+            held_heads,
+            ">=",
+            5.0,
+            "us",
+        ),
     ]
 
 

@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol, with the proxy's framing rules and refusals.
+"""uvicorn's httptools protocol, with two changes: the proxy's framing rules and refusals, and a response's head
+sent in one write with the start of its body.
 
 Framing. A request whose framing is ambiguous or oversized (``framing.py``), or which the HTTP parser refuses, is
 answered here, before the app sees it, with the proxy's JSON refusal (``errors.refusal``), ``X-Request-Id`` and
@@ -9,9 +10,13 @@ still growing past the limit is refused as it grows, never buffered whole. On th
 attribute updates per request: the head's size is only added up when the chunks it came in could exceed the
 limit, and its headers are only checked when a Transfer-Encoding is among them.
 
-uvicorn writes a response's head and body in two writes. An earlier version held the head back to send both in
-one; measured with ``python -m bench`` (README "Performance"), it saved under the 5 µs per attributed POST that
-would justify its code, and it is gone.
+Head holding. uvicorn writes the status line and headers on ``http.response.start`` and the body on
+``http.response.body``: two send() calls for every response, and a send() on a TCP socket is one of the dearest
+steps of a proxied request (README, "Performance"). The transport given to uvicorn holds a write that looks like a
+response head until the next write on the connection, or until the event loop's next turn, whichever comes
+first. Bytes never change order and a head is never held back for longer than one turn of the loop, so a
+streamed response whose body is slow to come still sends its head at once. The framing code does not depend on
+it: taking it out is deleting ``HeadHoldingTransport`` and ``ProxyHttpProtocol.connection_made``.
 
 The uvicorn internals this builds on are listed, and checked, in tests/test_protocol.py (uvicorn is pinned below
 0.55). ``SERVER_OPTIONS`` are the uvicorn options the proxy is served with, wherever it runs.
@@ -19,6 +24,7 @@ The uvicorn internals this builds on are listed, and checked, in tests/test_prot
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from http import HTTPStatus
@@ -43,13 +49,62 @@ _NAME = itemgetter(0)
 _TRANSFER_ENCODING = b"transfer-encoding"
 
 
+class HeadHoldingTransport:
+    """A transport that delays a response head (``HTTP/1.x ...\\r\\n\\r\\n``) until the write after it."""
+
+    __slots__ = ("_transport", "_loop", "_held")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif data[:7] == b"HTTP/1." and data[-4:] == b"\r\n\r\n":
+            self._held = bytes(data)
+            self._loop.call_soon(self.flush)
+        else:
+            self._transport.write(data)
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def writelines(self, lines: Any) -> None:
+        self.write(b"".join(lines))
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held = None
+        self._transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + len(self._held or b"")
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (pause_reading, get_extra_info, is_closing, ...) is the real transport's.
+        return getattr(self._transport, name)
+
+
 class _Refused(Exception):
     """Raised in a parser callback to stop the parser at a request the protocol has refused."""
 
 
 class ProxyHttpProtocol(HttpToolsProtocol):
-    """The proxy's HTTP/1.1 protocol: uvicorn's, holding requests to the framing rules (``framing.py``) and
-    refusing in the proxy's JSON."""
+    """The proxy's HTTP/1.1 protocol: uvicorn's, holding requests to the framing rules (``framing.py``),
+    refusing in the proxy's JSON, and writing through a HeadHoldingTransport."""
 
     # Per connection: the size of the chunk being parsed; the refusal the connection ends with, once decided.
     _chunk = 0
@@ -61,6 +116,10 @@ class ProxyHttpProtocol(HttpToolsProtocol):
     _head_first = 0
     _head_later = 0
     _started = 0.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn
+        wrapped: Any = HeadHoldingTransport(transport, self.loop)
+        super().connection_made(wrapped)
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's, with the parser's refusals in JSON and a bound on a head that has not ended yet.

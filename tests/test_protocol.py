@@ -1,6 +1,6 @@
-"""The proxy's HTTP/1.1 server protocol (uvicorn's, with the proxy's framing rules): a streamed head is not held
-back by its body, interim and bodiless heads go out at once, and the uvicorn internals it builds on are the ones it
-was written against."""
+"""The proxy's HTTP/1.1 server protocol (uvicorn's, with the proxy's framing rules and a response head held until
+the body's first write): nothing is ever held back for longer than it takes the body to start, and the uvicorn
+internals it builds on are the ones it was written against."""
 
 from __future__ import annotations
 
@@ -102,6 +102,7 @@ def test_served_with_uvicorn_websockets_a_handshake_is_refused_with_json_too(bpo
 # What proxy/protocol.py relies on in uvicorn's httptools protocol: the methods it overrides (their parameters),
 # the ones it calls, the attributes it reads or sets, and the one method it replaces with a copy of its own.
 OVERRIDDEN = {
+    "connection_made": ["self", "transport"],  # only for the HeadHoldingTransport
     "data_received": ["self", "data"],
     "on_message_begin": ["self"],
     "on_headers_complete": ["self"],
