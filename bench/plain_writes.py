@@ -20,5 +20,5 @@ def _plain_connection_made(self: protocol.ProxyHttpProtocol, transport: asyncio.
 
 
 if __name__ == "__main__":
-    protocol.ProxyHttpProtocol.connection_made = _plain_connection_made  # type: ignore[method-assign,assignment]
+    protocol.ProxyHttpProtocol.connection_made = _plain_connection_made  # type: ignore[method-assign]
     raise SystemExit(main(["serve"]))
