@@ -172,7 +172,7 @@ def audit_record(attribution_id: str, attribution: Attribution) -> dict[str, Any
     rule = attribution.request.rule
     record: dict[str, Any] = {
         "attributionId": attribution_id,
-        "rule": f"{rule.method} {rule.template}",
+        "rule": rule.label,
         "recruiterId": attribution.recruiter_id,
         "writes": {write.field: write.value for write in attribution.writes},
         "reportOnly": rule.report_only,

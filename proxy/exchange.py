@@ -101,10 +101,7 @@ def read_head(headers: list[tuple[bytes, bytes]], session_header: bytes) -> Requ
 def request_id(headers: list[tuple[bytes, bytes]]) -> str:
     """A request's id as the pipeline takes it: the client's first valid X-Request-Id, else a new one. For a
     refusal made before the request reaches the pipeline (``protocol.py``)."""
-    for name, value in headers:
-        if name == b"x-request-id" and _REQUEST_ID.fullmatch(candidate := value.decode("latin-1")):
-            return candidate
-    return new_id()
+    return read_head(headers, b"").request_id  # no header is named b"": only the id is wanted
 
 
 def new_id() -> str:

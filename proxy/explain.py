@@ -111,7 +111,11 @@ async def explain(
         match = rules.match(method, path)
         check_unlisted(rules, match, method, path)
         verdict = Verdict(
-            method, path, "forwarded", _entry(rules, method, path, match), rule=_template(match)
+            method,
+            path,
+            "forwarded",
+            _entry(rules, method, path, match),
+            rule=match.label if match is not None else None,
         )
         if match is not None and match.rule is not None:
             attributed = AttributedRequest(
@@ -139,11 +143,6 @@ async def explain(
             error=exc.message,
             unchecked=_notes(directory, ()),
         )
-
-
-def _template(match: Match | None) -> str | None:
-    item = match.rule or match.route if match is not None else None
-    return f"{item.method} {item.template}" if item is not None else None
 
 
 def _entry(rules: RuleSet, method: str, path: str, match: Match | None) -> str:

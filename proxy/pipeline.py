@@ -49,7 +49,7 @@ from .metrics import UNLISTED, Metrics
 from .paths import check_method, check_method_override, normalise_path
 from .ratelimit import NoRateLimit, RateLimit
 from .recruiters import RecruiterDirectory
-from .rules import Match, Rule, RuleSet
+from .rules import Rule, RuleSet
 from .settings import Settings
 from .upstream import (
     Client,
@@ -155,18 +155,16 @@ class Pipeline:
             check_method_override([head.override])
         rules = self._rules()
         match = rules.match(method, path)
-        exchange.route = _route_label(match)
+        exchange.route = match.label if match is not None else UNLISTED
         principal = None if rules.is_public(method, path) else await self._authenticate(head, exchange)
-        exchange.user_id = principal.user_id if principal else None
         check_unlisted(rules, match, method, path)
 
         query: bytes = scope.get("query_string", b"")
         target = f"{path}?{query.decode('latin-1')}" if query else path
         outgoing = self._outgoing_headers(scope, exchange)
         if match is not None and match.rule is not None:
-            if (
-                principal is None
-            ):  # a rule route cannot be public (rules_file refuses that); fail closed anyway
+            # A rule route cannot be public (rules_file refuses that); fail closed anyway.
+            if principal is None:
                 raise AuthenticationError("This route is attributed and requires a portal session.")
             raw = await read_body(receive, self._settings.max_body_bytes)
             request = self._attributed_request(match.rule, query, raw, outgoing)
@@ -324,11 +322,6 @@ class Pipeline:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             gone.cancel()
-
-
-def _route_label(match: Match | None) -> str:
-    entry = match.rule or match.route if match is not None else None
-    return f"{entry.method} {entry.template}" if entry is not None else UNLISTED
 
 
 def _websocket_refusal() -> BadRequest:

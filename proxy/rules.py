@@ -56,6 +56,11 @@ class Rule:
     roles: frozenset[str] = frozenset()
     report_only: bool = False
     line: int = 0
+    #: "METHOD /template": the rule's name in metrics, audit records and ``explain`` (made once, not per request).
+    label: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", f"{self.method} {self.template}")
 
     @property
     def needs_recruiter(self) -> bool:
@@ -76,6 +81,11 @@ class Route:
     template: str
     roles: frozenset[str] = frozenset()
     line: int = 0
+    #: "METHOD /template", as a Rule's.
+    label: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "label", f"{self.method} {self.template}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +113,13 @@ class Match:
     def roles(self) -> frozenset[str]:
         entry = self.rule or self.route
         return entry.roles if entry is not None else frozenset()
+
+    @property
+    def label(self) -> str:
+        """The matched entry's "METHOD /template"."""
+        entry = self.rule or self.route
+        assert entry is not None  # exactly one is set
+        return entry.label
 
 
 Entry: TypeAlias = Rule | Route | PublicPath
